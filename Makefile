@@ -1,0 +1,53 @@
+# Two commands set up everything on a fresh Debian machine (as root): `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+UV      := $(VENV)/bin/uv
+GPURIG  := $(VENV)/bin/gpurig
+# The host lock this controller can run itself (bloomkit's tests run on it); Python 3.11, CPU.
+DEV_LOCK := lock/cpu-cp311.txt
+# Pytest selection: `make test PYTEST_ARGS='-m "not integration"'` for the quick subset.
+PYTEST_ARGS ?=
+
+.PHONY: help venv engine demo test lint check clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.ready: pyproject.toml bloomkit/pyproject.toml $(DEV_LOCK)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check 'uv>=0.9'
+	$(UV) pip install -q --python $(PY) -e . --group dev
+	# bloomkit's packages exactly as a CPU host gets them (hashes required), then bloomkit itself.
+	$(UV) pip install -q --python $(PY) --require-hashes -r $(DEV_LOCK) \
+		$$($(GPURIG) resolve --uv-args $(basename $(notdir $(DEV_LOCK))))
+	$(UV) pip install -q --python $(PY) --no-deps -e ./bloomkit
+	touch $@
+
+venv: $(VENV)/.ready  ## Create the development environment in .venv
+
+engine: venv  ## Start a loopback-only Docker engine unless one already answers
+	$(GPURIG) sandbox engine
+
+demo: venv engine  ## Sandbox host, pyinfra deploy, fleet smoke report
+	$(GPURIG) demo
+
+test: venv engine  ## Lint, then every test, integration tests on real sandbox hosts included
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:  ## ruff, mypy on gpurig, ansible-lint, hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(GPURIG) lint-assets
+
+check: venv  ## Validate stack.yml
+	$(GPURIG) check
+
+clean:  ## Stop sandbox hosts and remove the development environment
+	-$(GPURIG) sandbox down
+	rm -rf $(VENV) reports dist

@@ -1,0 +1,47 @@
+"""Where things live on a provisioned host: one definition for every front end.
+
+pyinfra, the Ansible roles (through generated variables) and the parity tests all read these,
+so the end state of a host cannot differ by the tool that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from gpurig.lock import Target
+from gpurig.spec import Stack
+
+UV_BIN = "/usr/local/bin/uv"
+PROFILE_SCRIPT = "/etc/profile.d/gpurig.sh"
+ENV_FILE = "/etc/gpurig/environment"  # KEY=value lines: systemd units, cron, launchers
+CA_FILE = "/usr/local/share/ca-certificates/gpurig-ca.crt"
+WHEEL_DIR = "/var/cache/gpurig/wheels"
+STATE_DIR = "/var/lib/gpurig"
+MARKER = "gpurig-venv.json"  # inside each venv: what it was built from
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths for one stack on one host."""
+
+    stack: Stack
+
+    @property
+    def venv_link(self) -> str:
+        return self.stack.host.venv
+
+    @property
+    def venvs_dir(self) -> str:
+        # Versioned venvs sit beside the live link, so swapping the link is one rename.
+        return str(PurePosixPath(self.stack.host.venv).parent / "venvs")
+
+    def venv_dir(self, target: Target, bloomkit_sha256: str) -> str:
+        return f"{self.venvs_dir}/{venv_id(target, bloomkit_sha256)}"
+
+
+def venv_id(target: Target, bloomkit_sha256: str) -> str:
+    """Same lock and same bloomkit wheel -> same venv: nothing to do on a re-run."""
+    digest = hashlib.sha256(f"{target.sha256}:{bloomkit_sha256}".encode()).hexdigest()
+    return f"{target.name}-{digest[:12]}"
