@@ -188,6 +188,8 @@ def _compile(stack: Stack, variant: str, python: str, workdir: Path) -> Target |
         "--generate-hashes", "--python-version", python, "--python-platform", PLATFORM,
         "--output-file", str(out), *source.uv_source_args(view),
     ]  # fmt: skip
+    if stack.sources.exclude_newer:
+        command += ["--exclude-newer", stack.sources.exclude_newer]
     if extra:  # torch's index also serves numpy & co.; take each package's best version
         command += ["--index-strategy", "unsafe-best-match"]
     run = subprocess.run(command, input=_requirements_in(stack), text=True, capture_output=True)

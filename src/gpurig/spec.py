@@ -6,10 +6,11 @@ import hashlib
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,15 @@ CUDA_DOTTED = re.compile(r"^(\d{2})\.(\d)$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _python_version(value: str) -> str:
+    if not PYTHON_VERSION.match(value):
+        raise ValueError(f"{value!r} is not a Python version like 3.11 (quote it in YAML)")
+    return value
+
+
+PythonVersion = Annotated[str, AfterValidator(_python_version)]
 
 
 def _absolute(path: str) -> str:
@@ -97,11 +107,17 @@ class Network(Strict):
     proxy: str | None = Field(
         None, pattern=r"^https?://[^\s]+$", description="HTTP(S) proxy URL hosts use"
     )
-    no_proxy: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    no_proxy: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"], description="hosts the proxy skips"
+    )
 
 
 class Sources(Strict):
-    index: str = Field("https://pypi.org/simple", pattern=r"^(https?|file)://\S+$")
+    index: str = Field(
+        "https://pypi.org/simple",
+        pattern=r"^(https?|file)://\S+$",
+        description="main package index (a PyPI mirror on closed networks)",
+    )
     torch_index: dict[str, str | Literal[False]] = Field(
         default_factory=dict,
         description="per variant: a torch wheel index URL, or false to use find_links and the "
@@ -109,6 +125,11 @@ class Sources(Strict):
     )
     find_links: list[str] = Field(
         default_factory=list, description="controller folders of wheels; used wheels are pushed"
+    )
+    exclude_newer: str | None = Field(
+        None,
+        pattern=r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$",
+        description="ignore releases after this date (YYYY-MM-DD): `gpurig resolve` repeats exactly",
     )
 
     @field_validator("torch_index")
@@ -126,23 +147,29 @@ class Install(Strict):
     offline: bool = Field(False, description="push a wheelhouse; hosts use no index at all")
     wheelhouse: str | None = Field(None, description="controller folder for the offline bundle")
 
+    @model_validator(mode="after")
+    def _offline_needs_wheelhouse(self) -> Install:
+        if self.offline and not self.wheelhouse:
+            raise ValueError("offline: true needs wheelhouse (a controller folder for the bundle)")
+        return self
+
 
 class Smoke(Strict):
     on_deploy: bool = Field(True, description="run `bloomkit smoke` at the end of each deploy")
     model: str = Field("tiny", min_length=1, description="tiny, or a model name / local dir")
-    quick: bool = False
-    timeout_s: int = Field(900, ge=30, le=86400)
+    quick: bool = Field(False, description="fewer training steps: a faster, weaker check")
+    timeout_s: int = Field(900, ge=30, le=86400, description="smoke is stopped after this long")
 
 
 class Stack(Strict):
     version: Literal[1] = Field(1, description="schema version of this file")
-    python: list[str] = Field(min_length=1, description="Python versions hosts may run")
+    python: list[PythonVersion] = Field(min_length=1, description="Python versions hosts may run")
     torch: Torch
     packages: dict[str, str] = Field(
         default_factory=dict, description="exact pins: transformers, peft, accelerate, ..."
     )
     extra_packages: list[str] = Field(default_factory=list, description="more requirements")
-    apt_packages: list[str] = Field(default_factory=list)
+    apt_packages: list[str] = Field(default_factory=list, description="more Debian/Ubuntu packages")
     nvidia: Nvidia = Nvidia()
     host: HostLayout = HostLayout()
     network: Network = Network()
@@ -153,9 +180,6 @@ class Stack(Strict):
     @field_validator("python")
     @classmethod
     def _python(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not PYTHON_VERSION.match(str(value)):
-                raise ValueError(f"{value!r} is not a Python version like 3.11 (quote it in YAML)")
         if len(set(values)) != len(values):
             raise ValueError("lists a version twice")
         return values
@@ -170,12 +194,6 @@ class Stack(Strict):
                 raise ValueError(f"{name}: {pin!r} is not an exact version like 4.57.1")
         return value
 
-    @model_validator(mode="after")
-    def _offline_needs_wheelhouse(self) -> Stack:
-        if self.install.offline and not self.install.wheelhouse:
-            raise ValueError("install.offline needs install.wheelhouse (a controller folder)")
-        return self
-
     def digest(self) -> str:
         """Hash of what decides the lock: a changed pin or source means a stale lock."""
         relevant = self.model_dump(include={"python", "torch", "packages", "extra_packages"})
@@ -189,7 +207,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item not in ("function-after[_offline_needs_wheelhouse(), Stack]",):
+        else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
 
@@ -200,6 +218,16 @@ def _explain(error: Any) -> str:
         return "unknown key (remove it, or check its spelling against docs/stack.md)"
     if kind == "missing":
         return "is required"
+    got = error.get("input")
+    if kind == "string_type":
+        return f'should be text, got {got!r}: quote it ("{got}")'
+    if kind in ("int_parsing", "int_type"):
+        return f"should be a whole number, got {got!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"should be true or false, got {got!r}"
+    if kind in ("list_type", "dict_type"):
+        want = "a list" if kind == "list_type" else "a mapping"
+        return f"should be {want}, got {type(got).__name__} {got!r}"
     return str(message).removeprefix("Value error, ")
 
 
@@ -239,3 +267,23 @@ def load(path: Path = DEFAULT_STACK) -> Stack:
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror}") from None
     return parse(text, str(path))
+
+
+def field_reference(model: type[BaseModel] = Stack, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, default, description) for every leaf field: docs/stack.md's table."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += field_reference(kind, f"{prefix}{name}.")
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = "required" if info.is_required() else json.dumps(default)
+        rows.append((f"{prefix}{name}", shown, info.description or ""))
+    return rows
+
+
+def reference_table() -> str:
+    lines = ["| field | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{f}` | `{d}` | {m} |" for f, d, m in field_reference()]
+    return "\n".join(lines) + "\n"
