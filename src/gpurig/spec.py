@@ -129,7 +129,7 @@ class Sources(Strict):
     exclude_newer: str | None = Field(
         None,
         pattern=r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$",
-        description="ignore releases after this date (YYYY-MM-DD): `gpurig resolve` repeats exactly",
+        description="ignore releases after this date: `gpurig resolve` then repeats exactly",
     )
 
     @field_validator("torch_index")

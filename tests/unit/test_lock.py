@@ -40,7 +40,8 @@ def test_variants_carry_the_right_torch(locked: lock.Lock) -> None:
     for target in locked.targets.values():
         nvidia = [p for p in target.packages if p.startswith("nvidia-")]
         if target.variant == "cpu":
-            assert target.torch.endswith("+cpu") and not nvidia
+            assert target.torch.endswith("+cpu")
+            assert not nvidia
         else:
             assert nvidia, f"{target.name} has no CUDA libraries"
             assert any(p.endswith("-cu13") for p in nvidia) == (target.variant == "cu130")

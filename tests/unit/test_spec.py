@@ -91,9 +91,8 @@ def test_cli_check_missing_file() -> None:
         text=True,
     )
     assert run.returncode == 2
-    assert run.stderr.strip() == (
-        "gpurig check: /nonexistent/stack.yml not found: pass --stack FILE or run from the repo root"
-    )
+    message = "/nonexistent/stack.yml not found: pass --stack FILE or run from the repo root"
+    assert run.stderr.strip() == f"gpurig check: {message}"
 
 
 def test_cli_check_default_stack_summarises() -> None:
@@ -102,7 +101,8 @@ def test_cli_check_default_stack_summarises() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "stack.yml is valid" in run.stdout
-    assert "lock" in run.stdout and "fresh" in run.stdout
+    assert "lock" in run.stdout
+    assert "fresh" in run.stdout
 
 
 def test_reference_doc_matches_the_schema() -> None:

@@ -6,6 +6,7 @@ only through `--network host`, and the engine never touches the machine's firewa
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -127,8 +128,18 @@ def docker_client() -> docker.DockerClient:
 
 
 def ensure_engine() -> EngineStatus:
-    """Use the engine that answers, or start ours. Idempotent."""
+    """Use the engine that answers, or start ours. Idempotent, and safe to race."""
     paths = engine_paths()
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (paths.root / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two callers at once must not start two dockerds
+        try:
+            return _ensure_engine(paths)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_engine(paths: EnginePaths) -> EngineStatus:
     pid = our_pid(paths)
     if pid:
         if not _wait_until_answers(paths.url, START_TIMEOUT_S):

@@ -18,3 +18,9 @@ def engine_dir() -> Path:
 
 def sandbox_dir() -> Path:
     return Path(os.environ.get("GPURIG_SANDBOX_DIR") or state_home() / "sandbox").absolute()
+
+
+def cache_home() -> Path:
+    """$XDG_CACHE_HOME/gpurig: things safe to delete (debootstrap's downloaded packages)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gpurig"
