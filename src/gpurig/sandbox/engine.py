@@ -6,6 +6,7 @@ only through `--network host`, and the engine never touches the machine's firewa
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -23,7 +24,7 @@ from requests.exceptions import RequestException
 
 from gpurig.errors import GpurigError, UsageError
 from gpurig.sandbox.paths import engine_dir
-from gpurig.sandbox.system import ensure_command, path_with_sbin, require_root
+from gpurig.sandbox.system import ensure_command, path_with_sbin, require_root, unmount_under
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ STOP_TIMEOUT_S = 30.0
 PING_TIMEOUT_S = 3
 # Image imports and container starts on a busy 2-core machine outlast the SDK's 60 s default.
 CLIENT_TIMEOUT_S = 300
-# sun_path holds 108 bytes; keep a margin for the socket name itself.
-MAX_SOCKET_PATH = 100
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes, with its NUL
 # Variables the Docker client reads besides DOCKER_HOST, passed on with it.
 _CLIENT_VARS = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 NO_ENGINE = (
@@ -76,6 +76,14 @@ class EnginePaths:
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    def check(self) -> None:
+        """sun_path holds 108 bytes: refuse a socket path dockerd could not bind."""
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"engine socket path {self.socket} is too long for a unix socket: "
+                "set GPURIG_ENGINE_DIR to a shorter directory"
+            )
 
 
 @dataclass(frozen=True)
@@ -172,19 +180,16 @@ def stop_engine() -> int | None:
         log.warning("dockerd (pid %d) ignored TERM for %.0f s: killing it", pid, STOP_TIMEOUT_S)
         os.kill(pid, signal.SIGKILL)
         _wait_for_exit(pid, 5.0)
+    unmount_under(paths.exec_root)  # dockerd leaves its netns mount behind
     return pid
 
 
 def _start(paths: EnginePaths) -> EngineStatus:
+    paths.check()
     require_root("starting a Docker engine")
     dockerd = ensure_command("dockerd", "docker.io")
     if _answers(SYSTEM_SOCKET_URL):  # installing docker.io may have started the system engine
         return EngineStatus(SYSTEM_SOCKET_URL, ours=False)
-    if len(str(paths.socket)) > MAX_SOCKET_PATH:
-        raise UsageError(
-            f"engine socket path {paths.socket} is too long for a unix socket: "
-            "set GPURIG_ENGINE_DIR to a shorter directory"
-        )
     for directory in (paths.root, paths.data_root, paths.exec_root):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = [
@@ -254,10 +259,8 @@ def _wait_until_answers(url: str, timeout_s: float) -> bool:
 def _wait_for_exit(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it if this process happens to be its parent
-        except ChildProcessError:
-            pass
+        with contextlib.suppress(ChildProcessError):  # reap it if this process is its parent
+            os.waitpid(pid, os.WNOHANG)
         if not _is_dockerd(pid):  # gone, a zombie (empty cmdline), or the PID was reused
             return True
         time.sleep(0.2)

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from gpurig.errors import GpurigError
 
@@ -26,7 +27,9 @@ def ensure_command(command: str, package: str) -> str:
         return found
     require_root(f"installing {package} (for `{command}`)")
     if not shutil.which("apt-get"):
-        raise GpurigError(f"`{command}` is missing and this is not a Debian system: install {package}")
+        raise GpurigError(
+            f"`{command}` is missing and this is not a Debian system: install {package}"
+        )
     log.warning("installing %s (for `%s`)", package, command)
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
     # A fresh machine may have no package lists yet: update once, then retry.
@@ -46,6 +49,19 @@ def _apt(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, env=_APT_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
     )
+
+
+def unmount_under(path: Path) -> list[str]:
+    """Lazily unmount everything mounted below `path`; returns what is still mounted."""
+    prefix = f"{path}/"
+    mounts = [
+        fields[1]
+        for fields in (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+        if fields[1].startswith(prefix)
+    ]
+    for mount in sorted(mounts, reverse=True):  # children before parents
+        subprocess.run(["umount", "--lazy", mount], check=False, capture_output=True)
+    return [mount for mount in mounts if os.path.ismount(mount)]
 
 
 def path_with_sbin() -> str:

@@ -1,0 +1,119 @@
+"""Test doubles for hardware this machine lacks: a GPU on the PCI bus, Secure Boot.
+
+A sandbox host started with `--pretend-gpu SKU` gets a fake `/usr/local/bin/lspci` (first on
+PATH, ahead of pciutils') that prints what `lspci -Dnmm` prints on a cloud VM with that GPU,
+and a marker file; `--pretend-secure-boot` adds a fake `mokutil`. Facts that detect GPUs should
+parse `lspci -Dnmm`: the double prints that format whatever the flags, honouring only `-d`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpurig.errors import UsageError
+
+NVIDIA = "10de"
+LSPCI_PATH = "/usr/local/bin/lspci"
+MOKUTIL_PATH = "/usr/local/bin/mokutil"
+MARKER_PATH = "/etc/gpurig-pretend-gpu"
+GPU_SLOT = "0000:00:05.0"
+
+# What a KVM cloud VM shows besides the GPU: 440FX host bridge, PIIX3 ISA bridge, virtio-net.
+_VM_DEVICES = (
+    '0000:00:00.0 "0600" "8086" "1237" -r02 "1af4" "1100"',
+    '0000:00:01.0 "0601" "8086" "7000" "1af4" "1100"',
+    '0000:00:03.0 "0200" "1af4" "1000" "1af4" "0001"',
+)
+
+
+@dataclass(frozen=True)
+class GpuSku:
+    name: str
+    description: str
+    device: str  # PCI device id under vendor 10de
+    pci_class: str  # 0302 3D controller (datacenter), 0300 VGA (GeForce)
+    subsystem: str  # board subsystem id; illustrative, match on vendor:device
+
+    @property
+    def pci_id(self) -> str:
+        return f"{NVIDIA}:{self.device}"
+
+    def lspci_line(self) -> str:
+        ids = f'"{self.pci_class}" "{NVIDIA}" "{self.device}" -ra1 "{NVIDIA}" "{self.subsystem}"'
+        return f"{GPU_SLOT} {ids}"
+
+
+GPU_SKUS: dict[str, GpuSku] = {
+    sku.name: sku
+    for sku in (
+        GpuSku("H100", "H100 SXM5 80GB", "2330", "0302", "16c1"),
+        GpuSku("H100-PCIE", "H100 PCIe 80GB", "2331", "0302", "1626"),
+        GpuSku("H200", "H200 SXM 141GB", "2335", "0302", "18be"),
+        GpuSku("A100", "A100 SXM4 80GB", "20b2", "0302", "1463"),
+        GpuSku("L4", "L4 24GB", "27b8", "0302", "16ca"),
+        GpuSku("L40S", "L40S 48GB", "26b9", "0302", "1851"),
+        GpuSku("A10", "A10 24GB", "2236", "0302", "1482"),
+        GpuSku("RTX4090", "GeForce RTX 4090 24GB", "2684", "0300", "167c"),
+    )
+}
+_ALIASES = {"H100-SXM": "H100", "H100SXM": "H100", "H100PCIE": "H100-PCIE", "RTX-4090": "RTX4090"}
+
+
+def resolve_sku(name: str) -> GpuSku:
+    key = name.strip().upper().replace(" ", "-").replace("_", "-")
+    sku = GPU_SKUS.get(_ALIASES.get(key, key))
+    if sku is None:
+        known = ", ".join(GPU_SKUS)
+        raise UsageError(f"unknown GPU SKU {name!r} for --pretend-gpu: use one of {known}")
+    return sku
+
+
+def lspci_output(sku: GpuSku) -> str:
+    """What `lspci -Dnmm` prints on a cloud VM with one such GPU."""
+    return "\n".join([*_VM_DEVICES, sku.lspci_line()]) + "\n"
+
+
+def lspci_script(sku: GpuSku) -> str:
+    return f"""#!/bin/sh
+# gpurig sandbox test double: pretends a {sku.description} ({sku.pci_id}) is on the PCI bus.
+# Prints `lspci -Dnmm` format whatever the flags; honours `-d VENDOR:[DEVICE]` filters.
+filter=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d) filter="$2"; shift ;;
+    -d*) filter="${{1#-d}}" ;;
+  esac
+  shift
+done
+vendor="${{filter%%:*}}"; device="${{filter#*:}}"
+[ "$filter" = "$vendor" ] && device=""
+while IFS= read -r line; do
+  set -- $line
+  [ -n "$vendor" ] && [ "$3" != "\\"$vendor\\"" ] && continue
+  [ -n "$device" ] && [ "$4" != "\\"$device\\"" ] && continue
+  printf '%s\\n' "$line"
+done <<'EOF'
+{lspci_output(sku)}EOF
+"""
+
+
+def marker_text(sku: GpuSku) -> str:
+    return f"sku={sku.name}\npci_id={sku.pci_id}\ndescription={sku.description}\n"
+
+
+MOKUTIL_SCRIPT = """#!/bin/sh
+# gpurig sandbox test double: Secure Boot is on, so unsigned kernel modules would not load.
+echo "SecureBoot enabled"
+"""
+
+
+def host_files(pretend_gpu: str | None, pretend_secure_boot: bool) -> dict[str, tuple[int, str]]:
+    """Files to drop into a sandbox host: path -> (mode, content)."""
+    files: dict[str, tuple[int, str]] = {}
+    if pretend_gpu:
+        sku = resolve_sku(pretend_gpu)
+        files[LSPCI_PATH] = (0o755, lspci_script(sku))
+        files[MARKER_PATH] = (0o644, marker_text(sku))
+    if pretend_secure_boot:
+        files[MOKUTIL_PATH] = (0o755, MOKUTIL_SCRIPT)
+    return files

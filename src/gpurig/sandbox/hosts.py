@@ -1,0 +1,352 @@
+"""Sandbox hosts: containers that behave like fresh Debian cloud VMs, reached over real SSH.
+
+Each host is a container from gpurig/sandbox:SUITE on the machine's network (the engine has no
+bridge), with its own sshd on 127.0.0.1:PORT, fresh host keys, and a `debian` sudo user that
+trusts the fleet's controller key. A fleet is one state dir; its containers carry its label.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import TypeVar
+
+import docker
+import paramiko
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+from gpurig.errors import GpurigError, UsageError
+from gpurig.sandbox import doubles
+from gpurig.sandbox.engine import docker_client
+from gpurig.sandbox.paths import sandbox_dir
+from gpurig.sandbox.remote import ssh_run
+from gpurig.sandbox.rootfs import SANDBOX_UID, SANDBOX_USER, SUITES, ensure_base_image
+from gpurig.sandbox.state import SandboxHost, StateDir
+
+log = logging.getLogger(__name__)
+
+LABEL = "gpurig.sandbox"  # value: the fleet id (a hash of the state dir)
+HOST_LABEL = "gpurig.sandbox.host"
+DIR_LABEL = "gpurig.sandbox.dir"
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+PORT_ATTEMPTS = 3
+MAX_PARALLEL = 8
+# An empty machine-id marks a first boot, as on a cloud image: new host keys then, and only
+# then, so a restarted host keeps the keys known_hosts trusts (a VM reboot does too).
+START_SCRIPT = """\
+if [ ! -s /etc/machine-id ]; then
+  rm -f /etc/ssh/ssh_host_*
+  tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id
+fi
+ssh-keygen -A
+mkdir -p -m 0755 /run/sshd
+exec /usr/sbin/sshd -D -e -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no
+"""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class PortTaken(Exception):
+    """Another process bound the port between our probe and sshd's bind."""
+
+
+class Fleet:
+    """The sandbox hosts of one state dir."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.state = StateDir(state_dir or sandbox_dir())
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state.path
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def hosts(self) -> list[SandboxHost]:
+        return self.state.load_hosts()
+
+    def host(self, name: str | SandboxHost) -> SandboxHost:
+        wanted = name.name if isinstance(name, SandboxHost) else name
+        for host in self.hosts:
+            if host.name == wanted:
+                return host
+        raise UsageError(
+            f"no sandbox host {wanted!r} in {self.state_dir}: see `gpurig sandbox list`"
+        )
+
+    def env(self) -> dict[str, str]:
+        """Variables that point gpurig's inventory (pyinfra, Ansible) at this fleet."""
+        return {"GPURIG_SANDBOX_DIR": str(self.state_dir)}
+
+    def up(
+        self,
+        count: int = 1,
+        *,
+        os: str = "bookworm",
+        pretend_gpu: str | None = None,
+        pretend_secure_boot: bool = False,
+    ) -> list[SandboxHost]:
+        """Start `count` more hosts and wait until each accepts a real SSH login."""
+        if count < 1:
+            raise UsageError(f"host count must be 1 or more, not {count}")
+        if os not in SUITES:
+            raise UsageError(f"unknown Debian suite {os!r}: use one of {', '.join(SUITES)}")
+        files = doubles.host_files(pretend_gpu, pretend_secure_boot)  # checks the SKU early
+        sku = doubles.resolve_sku(pretend_gpu).name if pretend_gpu else None
+        image = ensure_base_image(os, "sandbox", client=self.client)
+        with self.state.locked():
+            public_key = self.state.ensure_key()
+            existing = self.state.load_hosts()
+            self._remove_orphans(existing)
+            first = 1 + max((_index(h.name) for h in existing), default=0)
+            names = [f"sandbox-{first + i}" for i in range(count)]
+            ports = free_ports(count, exclude={h.port for h in existing})
+            archive = _host_archive(public_key, files)
+
+            def start(name_port: tuple[str, int]) -> SandboxHost:
+                name, port = name_port
+                return self._start_host(
+                    name, port, image.tag, archive, os, sku, pretend_secure_boot
+                )
+
+            started = _parallel(start, zip(names, ports, strict=True), on_error=self._remove)
+            self.state.save_hosts([*existing, *started])
+            try:
+                _parallel(self._wait_for_login, started)
+            except Exception:
+                self._remove(started)
+                self.state.save_hosts(existing)
+                raise
+            return started
+
+    def down(self) -> int:
+        """Remove this fleet's containers and state files; returns how many containers."""
+        with self.state.locked():
+            hosts = self.state.load_hosts()
+            try:
+                containers = self._containers()
+            except GpurigError:
+                if hosts:
+                    raise
+                containers = []  # nothing recorded and no engine: only files to remove
+            for container in containers:
+                container.remove(force=True, v=True)
+            self.state.remove_files()
+        return len(containers)
+
+    def stop(self, host: str | SandboxHost) -> None:
+        """Stop one host's container (a host that went down, for fault tests)."""
+        self._container(self.host(host)).stop(timeout=5)
+
+    def start(self, host: str | SandboxHost) -> None:
+        """Start a stopped host again, like a reboot: same port, same host keys."""
+        target = self.host(host)
+        self._container(target).start()
+        self._wait_for_port(target.port, self._container(target))
+        self._wait_for_login(target)
+
+    def ssh(self, host: str | SandboxHost, command: str, timeout: float = 600.0) -> tuple[int, str]:
+        """Run `command` on a host as its user: (exit status, stdout and stderr together)."""
+        target = self.host(host)
+        return ssh_run(
+            target, self.state.key_file, self.state.known_hosts_file, command, timeout=timeout
+        )
+
+    def container_states(self) -> dict[str, str]:
+        """Host name -> container status (running, exited...) as the engine reports it."""
+        return {c.labels.get(HOST_LABEL, c.name): c.status for c in self._containers()}
+
+    def _start_host(
+        self,
+        name: str,
+        port: int,
+        image: str,
+        archive: bytes,
+        suite: str,
+        pretend_gpu: str | None,
+        pretend_secure_boot: bool,
+    ) -> SandboxHost:
+        for _attempt in range(PORT_ATTEMPTS):
+            container = self.client.containers.create(
+                image,
+                ["/bin/sh", "-ec", START_SCRIPT.format(port=port)],
+                name=f"gpurig-{self.state.fleet_id}-{name}",
+                labels={
+                    LABEL: self.state.fleet_id,
+                    HOST_LABEL: name,
+                    DIR_LABEL: str(self.state_dir),
+                },
+                network_mode="host",
+                # Its own name, resolvable as cloud-init makes it (sudo looks it up).
+                hostname=name,
+                extra_hosts={name: LOOPBACK},
+                init=True,  # a real PID 1 reaps what deploys leave running, as init does
+                detach=True,
+            )
+            try:
+                container.put_archive("/", archive)
+                container.start()
+                self._wait_for_port(port, container)
+            except PortTaken:
+                container.remove(force=True)
+                port = free_ports(1)[0]
+                continue
+            except BaseException:
+                container.remove(force=True)
+                raise
+            return SandboxHost(
+                name=name,
+                hostname=LOOPBACK,
+                port=port,
+                user=SANDBOX_USER,
+                os=suite,
+                container=str(container.name),
+                pretend_gpu=pretend_gpu,
+                pretend_secure_boot=pretend_secure_boot,
+                host_key=_host_key(container),
+            )
+        raise GpurigError(f"{name}: no free port for sshd after {PORT_ATTEMPTS} tries")
+
+    def _wait_for_port(self, port: int, container: Container) -> None:
+        """Until our sshd listens (its own log says so, not just anyone on the port)."""
+        listening = f"Server listening on {LOOPBACK} port {port}".encode()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            container.reload()
+            logs: bytes = container.logs()
+            if container.status == "running" and listening in logs:
+                return
+            if container.status not in ("created", "running"):
+                if b"Address already in use" in logs:
+                    raise PortTaken(port)
+                tail = logs.decode(errors="replace").strip().splitlines()[-4:]
+                raise GpurigError(
+                    f"sandbox host {container.name} exited while starting sshd: {' | '.join(tail)}"
+                )
+            time.sleep(0.1)
+        raise GpurigError(
+            f"sshd in {container.name} did not answer on {LOOPBACK}:{port} "
+            f"within {READY_TIMEOUT_S:.0f} s: see `docker logs {container.name}`"
+        )
+
+    def _wait_for_login(self, host: SandboxHost) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                status, output = self.ssh(host, "true", timeout=READY_TIMEOUT_S)
+            except (paramiko.SSHException, OSError) as error:
+                if time.monotonic() > deadline:
+                    raise GpurigError(
+                        f"{host.name}: SSH login to {host.address} failed: {error}"
+                    ) from None
+                time.sleep(0.3)
+                continue
+            if status != 0:
+                raise GpurigError(f"{host.name}: `true` over SSH exited {status}: {output}")
+            return
+
+    def _containers(self) -> list[Container]:
+        found: list[Container] = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL}={self.state.fleet_id}"}
+        )
+        return found
+
+    def _container(self, host: SandboxHost) -> Container:
+        try:
+            container: Container = self.client.containers.get(host.container)
+        except NotFound:
+            raise GpurigError(
+                f"{host.name}: container {host.container} is gone: "
+                "run `gpurig sandbox down`, then `up` again"
+            ) from None
+        return container
+
+    def _remove(self, hosts: Iterable[SandboxHost]) -> None:
+        for host in hosts:
+            with suppress(NotFound):
+                self.client.containers.get(host.container).remove(force=True, v=True)
+
+    def _remove_orphans(self, recorded: list[SandboxHost]) -> None:
+        """Containers of this fleet that hosts.json lost (an interrupted `up`)."""
+        names = {h.container for h in recorded}
+        for container in self._containers():
+            if container.name not in names:
+                log.warning("removing orphaned sandbox container %s", container.name)
+                container.remove(force=True, v=True)
+
+
+def free_ports(count: int, exclude: set[int] | None = None) -> list[int]:
+    """Ports free on 127.0.0.1 now; all probed at once so none is handed out twice."""
+    with ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((LOOPBACK, 0))
+            port = int(probe.getsockname()[1])
+            if port not in (exclude or set()):
+                ports.append(port)
+        return ports
+
+
+def _parallel(
+    work: Callable[[T], R],
+    items: Iterable[T],
+    on_error: Callable[[list[R]], None] | None = None,
+) -> list[R]:
+    """Run `work` on every item in threads; on any failure, hand the successes to on_error."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), MAX_PARALLEL))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+    failures = [error for future in futures if (error := future.exception()) is not None]
+    done = [future.result() for future in futures if future.exception() is None]
+    if failures:
+        if on_error:
+            on_error(done)
+        raise failures[0]
+    return done
+
+
+def _host_archive(public_key: str, files: dict[str, tuple[int, str]]) -> bytes:
+    """A tar of what a host gets before it starts: the controller key, test doubles."""
+    entries: list[tuple[str, int, int, str]] = [
+        (f"home/{SANDBOX_USER}/.ssh/authorized_keys", 0o600, SANDBOX_UID, public_key + "\n")
+    ]
+    entries += [(path.lstrip("/"), mode, 0, text) for path, (mode, text) in files.items()]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, mode, owner, text in entries:
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.uid, info.gid = len(data), mode, owner, owner
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _host_key(container: Container) -> str:
+    result = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+    fields = result.output.decode().split()
+    if result.exit_code != 0 or len(fields) < 2:
+        raise GpurigError(f"{container.name}: could not read its ed25519 host key")
+    return f"{fields[0]} {fields[1]}"
+
+
+def _index(name: str) -> int:
+    _, _, number = name.rpartition("-")
+    return int(number) if number.isdigit() else 0

@@ -1,0 +1,81 @@
+"""The hardware test doubles: a fake `lspci -Dnmm` per GPU SKU, and a fake mokutil."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpurig.errors import UsageError
+from gpurig.sandbox import doubles
+
+EXPECTED_IDS = {
+    "H100": ("0302", "2330"),
+    "H100-PCIE": ("0302", "2331"),
+    "H200": ("0302", "2335"),
+    "A100": ("0302", "20b2"),
+    "L4": ("0302", "27b8"),
+    "L40S": ("0302", "26b9"),
+    "A10": ("0302", "2236"),
+    "RTX4090": ("0300", "2684"),
+}
+
+
+def run_lspci(tmp_path: Path, sku: str, *args: str) -> list[str]:
+    script = tmp_path / "lspci"
+    script.write_text(doubles.lspci_script(doubles.resolve_sku(sku)))
+    script.chmod(0o755)
+    result = subprocess.run([str(script), *args], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def test_every_sku_has_the_right_pci_ids() -> None:
+    assert set(doubles.GPU_SKUS) == set(EXPECTED_IDS)
+    for name, (pci_class, device) in EXPECTED_IDS.items():
+        line = doubles.GPU_SKUS[name].lspci_line()
+        assert line.startswith(f'0000:00:05.0 "{pci_class}" "10de" "{device}" -ra1 "10de" ')
+
+
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [("H100", "H100"), ("h100-sxm", "H100"), ("H100 PCIe", "H100-PCIE"), ("rtx_4090", "RTX4090")],
+)
+def test_sku_names_are_forgiving(given: str, name: str) -> None:
+    assert doubles.resolve_sku(given).name == name
+
+
+def test_an_unknown_sku_lists_the_known_ones() -> None:
+    with pytest.raises(UsageError, match=r"unknown GPU SKU 'B200'.*H100, H100-PCIE"):
+        doubles.resolve_sku("B200")
+
+
+def test_lspci_prints_machine_readable_numeric_lines(tmp_path: Path) -> None:
+    lines = run_lspci(tmp_path, "H100", "-Dnmm")
+    assert lines[-1] == '0000:00:05.0 "0302" "10de" "2330" -ra1 "10de" "16c1"'
+    assert lines == doubles.lspci_output(doubles.resolve_sku("H100")).splitlines()
+    assert len(lines) == 4  # a VM's host bridge, ISA bridge and NIC besides the GPU
+
+
+@pytest.mark.parametrize(
+    ("args", "count"),
+    [(("-d", "10de:"), 1), (("-d10de:2684",), 1), (("-d", "10de:2330"), 0), (("-d", "8086:"), 2)],
+)
+def test_lspci_honours_device_filters(tmp_path: Path, args: tuple[str, ...], count: int) -> None:
+    assert len(run_lspci(tmp_path, "RTX4090", "-nmm", *args)) == count
+
+
+def test_host_files_per_flag() -> None:
+    assert doubles.host_files(None, False) == {}
+    files = doubles.host_files("A100", True)
+    assert sorted(files) == [doubles.MARKER_PATH, doubles.LSPCI_PATH, doubles.MOKUTIL_PATH]
+    assert files[doubles.LSPCI_PATH][0] == 0o755
+    assert "pci_id=10de:20b2" in files[doubles.MARKER_PATH][1]
+
+
+def test_mokutil_says_secure_boot_is_on(tmp_path: Path) -> None:
+    script = tmp_path / "mokutil"
+    script.write_text(doubles.MOKUTIL_SCRIPT)
+    script.chmod(0o755)
+    result = subprocess.run([str(script), "--sb-state"], capture_output=True, text=True, check=True)
+    assert result.stdout == "SecureBoot enabled\n"
