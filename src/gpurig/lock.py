@@ -58,7 +58,9 @@ class Target:
         """Index flags for uv; find_links can be replaced by host-side folders."""
         args = ["--index-url", self.index]
         if self.extra_index:
-            args += ["--extra-index-url", self.extra_index]
+            # torch's index also serves numpy & co.; take each package's best version, as
+            # resolution did, or the pinned hashes may not match what the first index offers.
+            args += ["--extra-index-url", self.extra_index, "--index-strategy", "unsafe-best-match"]
         for folder in self.find_links if find_links is None else find_links:
             args += ["--find-links", folder]
         return args
@@ -190,8 +192,6 @@ def _compile(stack: Stack, variant: str, python: str, workdir: Path) -> Target |
     ]  # fmt: skip
     if stack.sources.exclude_newer:
         command += ["--exclude-newer", stack.sources.exclude_newer]
-    if extra:  # torch's index also serves numpy & co.; take each package's best version
-        command += ["--index-strategy", "unsafe-best-match"]
     run = subprocess.run(command, input=_requirements_in(stack), text=True, capture_output=True)
     if run.returncode:
         lines = [ln.strip() for ln in run.stderr.splitlines() if ln.strip()]
