@@ -8,8 +8,14 @@ same hosts for the same reasons. Each problem names its fix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 
-from gpurig import compat
+import yaml
+from packaging.version import InvalidVersion, Version
+
+from gpurig import compat, diagnose
+from gpurig.diagnose import Diagnosis
 from gpurig.lock import Lock, Target
 from gpurig.spec import Stack
 
@@ -26,6 +32,82 @@ class PciGpu:
     device_id: str  # 2330 (vendor is always 10de)
     name: str  # what gpurig knows it as, "NVIDIA H100 SXM5", or "NVIDIA 10de:xxxx"
     compute_capability: str | None  # "9.0" when the id is known
+
+    @property
+    def sm(self) -> str:
+        return (
+            f"sm_{self.compute_capability.replace('.', '')}" if self.compute_capability else "sm_?"
+        )
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    cc_min: Version
+    cc_max: Version
+    min_branch: int
+    max_branch: int | None  # None: current drivers still support it
+    open_modules: str  # "no", "yes", or "required"
+
+
+@dataclass(frozen=True)
+class GpuTable:
+    """data/gpus.yaml: PCI device id -> (name, compute capability), and the architectures."""
+
+    gpus: dict[str, tuple[str, str]]
+    architectures: list[Architecture]
+
+    def architecture(self, cc: str | None) -> Architecture | None:
+        if cc is None:
+            return None
+        version = Version(cc)
+        return next((a for a in self.architectures if a.cc_min <= version <= a.cc_max), None)
+
+
+@cache
+def gpu_table() -> GpuTable:
+    raw = yaml.safe_load(resources.files("gpurig.data").joinpath("gpus.yaml").read_text())
+    gpus = {str(k).lower(): (str(v["name"]), str(v["cc"])) for k, v in raw["gpus"].items()}
+    arches = [
+        Architecture(
+            a["name"],
+            Version(a["cc"][0]),
+            Version(a["cc"][1]),
+            int(a["driver_branches"][0]),
+            a["driver_branches"][1],
+            str(a["open_modules"]),
+        )
+        for a in raw["architectures"]
+    ]
+    return GpuTable(gpus, arches)
+
+
+def pci_gpu(
+    slot: str, device_id: str, smi_name: str | None = None, smi_cc: str | None = None
+) -> PciGpu:
+    """A GPU on the PCI bus, named from gpus.yaml, else from nvidia-smi, else by its id."""
+    known = gpu_table().gpus.get(device_id.lower())
+    if known:
+        return PciGpu(slot, device_id.lower(), f"NVIDIA {known[0]}", known[1])
+    name = smi_name or f"NVIDIA 10de:{device_id.lower()}"
+    return PciGpu(slot, device_id.lower(), name, smi_cc)
+
+
+def has_kernels(cc: str, arches: list[str]) -> bool:
+    """Does a build shipping SASS for `arches` run on a GPU of compute capability `cc`?
+
+    CUDA binaries run on the same major version at an equal or higher minor (sm_86 code runs
+    on an sm_89 L4), never across majors; PTX JIT is not counted (compat.yaml's arches)."""
+    major, minor = (int(x) for x in cc.split("."))
+    for arch in arches:
+        a_major, a_minor = (int(x) for x in arch.split("."))
+        if a_major == major and a_minor <= minor:
+            return True
+    return False
+
+
+def sm_list(arches: list[str]) -> str:
+    return ", ".join(f"sm_{a.replace('.', '')}" for a in arches) or "none"
 
 
 @dataclass(frozen=True)
@@ -45,6 +127,15 @@ class HostFacts:
     driver_version: str | None = None  # loaded kernel module, from /proc/driver/nvidia/version
     secure_boot: bool | None = None
     nouveau_loaded: bool = False
+    # The GPU layer's state (gpurig.facts.gpu): for diagnoses before anything changes.
+    kernel: str | None = None  # uname -r
+    kernel_headers: bool | None = None  # /lib/modules/<kernel>/build exists
+    nvidia_module: str | None = None  # version of an nvidia module built for <kernel>
+    nvidia_smi: str | None = None  # nvidia-smi's output; None: not installed
+    nvidia_smi_rc: int | None = None
+    kernel_log: list[str] = field(default_factory=list)  # dmesg lines about the driver
+    dkms: list[str] = field(default_factory=list)  # `dkms status` lines
+    dkms_mok_enrolled: bool | None = None  # None: no DKMS signing key yet
 
     @property
     def os_name(self) -> str:
@@ -59,6 +150,7 @@ class Verdict:
     python: str | None = None  # the Python version the venv will use
     uv_python: bool = False  # True: the distribution's python3 does not fit; uv installs one
     install_driver: bool = False  # the nvidia stage has work to do
+    diagnoses: list[Diagnosis] = field(default_factory=list)  # named failures seen on the host
 
     @property
     def ok(self) -> bool:
@@ -80,8 +172,39 @@ def choose_python(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
     verdict.notes.append(f"{have}, not in stack.yml's {stack.python}: uv installs {verdict.python}")
 
 
+def _missing_kernels(gpus: list[PciGpu], torch_version: str, variant: str) -> list[PciGpu]:
+    """GPUs (of known compute capability) the variant ships no kernels for (none when the
+    table does not know the build: compat.problems reports that)."""
+    offered = compat.table().torch.get(torch_version, {}).get("variants", {})
+    if variant not in offered:
+        return []
+    arches = list(offered[variant])
+    return [
+        g for g in gpus if g.compute_capability and not has_kernels(g.compute_capability, arches)
+    ]
+
+
+def _fitting_variants(gpus: list[PciGpu], stack: Stack, driver: str | None) -> list[str]:
+    """CUDA variants torch offers with kernels for every GPU here (and, given a driver, that it
+    runs), oldest first."""
+    offered = compat.table().torch.get(stack.torch.version, {}).get("variants", {})
+    return [
+        v
+        for v in offered
+        if v != "cpu"
+        and not _missing_kernels(gpus, stack.torch.version, v)
+        and (driver is None or compat.driver_runs(driver, v))
+    ]
+
+
+def _choose(variant: str, stack: Stack) -> str:
+    listed = "" if variant in stack.torch.variants else " (add it to torch.variants)"
+    return f"choose the {variant} variant{listed}"
+
+
 def choose_target(facts: HostFacts, stack: Stack, locked: Lock, verdict: Verdict) -> None:
-    """GPU hosts: first CUDA variant the (expected) driver runs; GPU-less hosts: cpu."""
+    """GPU hosts: first CUDA variant the (expected) driver runs, preferring one with kernels for
+    every GPU on the host; GPU-less hosts: cpu."""
     assert verdict.python is not None
     python = verdict.python
     cuda = [v for v in stack.torch.variants if v != "cpu"]
@@ -92,7 +215,8 @@ def choose_target(facts: HostFacts, stack: Stack, locked: Lock, verdict: Verdict
             verdict.install_driver = True
             driver = str(stack.nvidia.driver_branch)
         usable = compat.variants_for_driver(stack, driver) if driver else []
-        for variant in usable:
+        fitting = [v for v in usable if not _missing_kernels(facts.gpus, stack.torch.version, v)]
+        for variant in [*fitting, *(v for v in usable if v not in fitting)]:
             target = locked.target(variant, python)
             if target:
                 verdict.target = target
@@ -108,12 +232,7 @@ def choose_target(facts: HostFacts, stack: Stack, locked: Lock, verdict: Verdict
                 f"install driver {stack.nvidia.driver_branch} or set nvidia.install_driver: true"
             )
         elif not usable:
-            wanted = cuda[0]
-            verdict.problems.append(
-                f"driver {driver} is too old for torch {stack.torch.version} {wanted} "
-                f"(needs {compat.min_driver_text(wanted)}): set nvidia.driver_branch "
-                f"{compat.min_driver(wanted).major} or add an older CUDA variant"  # type: ignore[union-attr]
-            )
+            verdict.problems.append(str(_too_old(facts, stack, driver, cuda[0], verdict)))
         else:
             verdict.problems.append(_no_lock(usable, python, locked))
         return
@@ -138,6 +257,175 @@ def choose_target(facts: HostFacts, stack: Stack, locked: Lock, verdict: Verdict
     verdict.problems.append(_no_lock(stack.torch.variants, python, locked))
 
 
+def _too_old(
+    facts: HostFacts, stack: Stack, driver: str, variant: str, verdict: Verdict
+) -> Diagnosis:
+    """The loaded driver runs none of the spec's CUDA variants and gpurig may not replace it."""
+    floor = compat.min_driver(variant)
+    assert floor is not None
+    older = _fitting_variants(facts.gpus, stack, driver)
+    fixes = [_choose(older[-1], stack)] if older else []
+    fixes.append(f"set driver branch {floor.major} (nvidia.driver_branch, nvidia.install_driver)")
+    found = diagnose.too_old(
+        driver,
+        f"torch {stack.torch.version} {variant}",
+        compat.cuda_version(variant) or "",
+        compat.min_driver_text(variant),
+        ", or ".join(fixes),
+    )
+    verdict.diagnoses.append(found)
+    return found
+
+
+def _groups(gpus: list[PciGpu]) -> dict[str, list[PciGpu]]:
+    """'8x NVIDIA H100 SXM5 80GB' -> its GPUs: one line per kind, not per slot."""
+    kinds: dict[str, list[PciGpu]] = {}
+    for gpu in gpus:
+        kinds.setdefault(gpu.name, []).append(gpu)
+    return {(f"{len(v)}x {k}" if len(v) > 1 else k): v for k, v in kinds.items()}
+
+
+def check_torch_build(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
+    """The host against the torch build: Python, glibc, and each GPU's compute capability."""
+    version = stack.torch.version
+    row = compat.table().torch.get(version)
+    if row is None:
+        return  # compat.problems names the unknown release; `gpurig check` refuses it
+    if verdict.python and verdict.python not in row["python"]:
+        verdict.problems.append(
+            f"Python {verdict.python} has no torch {version} wheels (it supports "
+            f"{', '.join(row['python'])}): list a supported version first in stack.yml's python"
+        )
+    floor = str(row["glibc"])
+    try:
+        too_old = facts.glibc is not None and Version(facts.glibc) < Version(floor)
+    except InvalidVersion:
+        too_old = False
+    if facts.glibc is None:
+        verdict.notes.append(f"glibc version unknown: torch {version} needs {floor} or newer")
+    elif too_old:
+        verdict.problems.append(
+            f"glibc {facts.glibc} is older than torch {version}'s floor (manylinux_"
+            f"{floor.replace('.', '_')}, glibc {floor}): upgrade the OS to Debian 12 or "
+            "Ubuntu 22.04 or newer"
+        )
+    if not facts.gpus:
+        return
+    target_variant = verdict.target.variant if verdict.target else None
+    variant = target_variant or next((v for v in stack.torch.variants if v != "cpu"), None)
+    if variant in (None, "cpu") or variant not in row["variants"]:
+        return
+    arches = compat.arches(version, variant)
+    driver = str(stack.nvidia.driver_branch) if verdict.install_driver else facts.driver_version
+    for label, gpus in _groups(_missing_kernels(facts.gpus, version, variant)).items():
+        others = _fitting_variants(facts.gpus, stack, driver)
+        if others:
+            fix = _choose(others[-1], stack)
+        elif _fitting_variants(facts.gpus, stack, None):
+            newest = _fitting_variants(facts.gpus, stack, None)[-1]
+            floor_driver = compat.min_driver(newest)
+            branch = floor_driver.major if floor_driver else stack.nvidia.driver_branch
+            fix = f"{_choose(newest, stack)}, with driver branch {branch} or newer"
+        else:
+            fix = f"no torch {version} build supports it: pin an older torch or use a newer GPU"
+        verdict.problems.append(
+            f"GPU {label} ({gpus[0].sm}) has no kernels in torch {version} {variant} "
+            f"(ships {sm_list(arches)}): {fix}"
+        )
+    for gpu in facts.gpus:
+        if gpu.compute_capability is None:
+            verdict.notes.append(
+                f"GPU {gpu.name} at {gpu.slot} is not in gpurig's table: its compute capability "
+                "is unchecked until a driver runs (add it to src/gpurig/data/gpus.yaml)"
+            )
+
+
+def check_driver_fits_gpus(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
+    """The driver branch the host will run against each GPU architecture, and the module flavour."""
+    if verdict.install_driver:
+        branch: int | None = stack.nvidia.driver_branch
+        where = "the host gets branch"
+    else:
+        branch = int(facts.driver_version.split(".")[0]) if facts.driver_version else None
+        where = "the loaded driver is branch"
+    if branch is None:
+        return
+    table = gpu_table()
+    by_arch: dict[str, tuple[Architecture, list[PciGpu]]] = {}
+    for gpu in facts.gpus:
+        arch = table.architecture(gpu.compute_capability)
+        if arch:
+            by_arch.setdefault(arch.name, (arch, []))[1].append(gpu)
+    for arch, gpus in by_arch.values():
+        label = ", ".join(_groups(gpus))
+        if branch < arch.min_branch:
+            verdict.problems.append(
+                f"GPU {label} ({arch.name}) needs driver branch {arch.min_branch} or newer and "
+                f"{where} {branch}: set nvidia.driver_branch {max(arch.min_branch, branch)}+"
+            )
+        elif arch.max_branch is not None and branch > arch.max_branch:
+            verdict.problems.append(
+                f"GPU {label} ({arch.name}) is not supported after driver branch "
+                f"{arch.max_branch} and {where} {branch}: set nvidia.driver_branch "
+                f"{arch.max_branch} (with a CUDA variant it runs) or use a newer GPU"
+            )
+        if not verdict.install_driver:
+            continue
+        if stack.nvidia.open_kernel_modules and arch.open_modules == "no":
+            verdict.problems.append(
+                f"GPU {label} ({arch.name}) is not supported by NVIDIA's open kernel modules: "
+                "set nvidia.open_kernel_modules: false"
+            )
+        elif not stack.nvidia.open_kernel_modules and arch.open_modules == "required":
+            verdict.problems.append(
+                f"GPU {label} ({arch.name}) runs only on NVIDIA's open kernel modules: "
+                "set nvidia.open_kernel_modules: true"
+            )
+
+
+# Failures the driver stage repairs when it installs a driver; the others stop the host.
+_FIXED_BY_INSTALL = {
+    diagnose.DKMS_FAILED,
+    diagnose.MODULE_MISSING,
+    diagnose.NOT_LOADED,
+    diagnose.NO_DEVICE,
+}
+_FIXED_BY_REBOOT = {diagnose.NOUVEAU, diagnose.NVML_MISMATCH}
+
+
+def check_driver_state(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
+    """What the host's driver already suffers (diagnose.from_facts), and what the stage does."""
+    for found in diagnose.from_facts(facts):
+        verdict.diagnoses.append(found)
+        handled = (
+            (found.name in _FIXED_BY_INSTALL and verdict.install_driver)
+            or (
+                found.name in _FIXED_BY_REBOOT
+                and stack.nvidia.allow_reboot
+                and (verdict.install_driver or found.name == diagnose.NVML_MISMATCH)
+            )
+            or (
+                found.name == diagnose.SECURE_BOOT_REJECTED
+                and verdict.install_driver
+                and facts.os_id == "ubuntu"
+            )
+        )
+        if handled:
+            verdict.notes.append(f"{found} (the driver stage acts on this)")
+        else:
+            verdict.problems.append(str(found))
+    if not verdict.install_driver:
+        return
+    verdict.notes.append(f"installs NVIDIA driver branch {stack.nvidia.driver_branch}")
+    if facts.secure_boot and facts.os_id == "debian" and facts.dkms_mok_enrolled is None:
+        verdict.notes.append(
+            f"Secure Boot is on: DKMS signs the module with {diagnose.DKMS_MOK}, which must be "
+            "enrolled before the driver loads (mokutil --import, reboot, confirm at the console)"
+        )
+    elif facts.secure_boot and facts.os_id == "ubuntu":
+        verdict.notes.append("Secure Boot is on: installs Canonical's signed precompiled modules")
+
+
 def _no_lock(variants: list[str], python: str, locked: Lock) -> str:
     names = [f"{v}-cp{python.replace('.', '')}" for v in variants]
     why = "; ".join(f"{n}: {locked.unavailable[n]}" for n in names if n in locked.unavailable)
@@ -148,6 +436,7 @@ def _no_lock(variants: list[str], python: str, locked: Lock) -> str:
 
 
 def evaluate(facts: HostFacts, stack: Stack, locked: Lock) -> Verdict:
+    """Every problem at once, each with its fix; `verdict.ok` only when there are none."""
     verdict = Verdict()
     if (facts.os_id, facts.os_version) not in SUPPORTED_OS:
         supported = ", ".join(f"{o} {v}" for o, v in sorted(SUPPORTED_OS))
@@ -166,6 +455,10 @@ def evaluate(facts: HostFacts, stack: Stack, locked: Lock) -> Verdict:
         verdict.notes.append("no systemd: persistence mode and service steps are skipped")
     choose_python(facts, stack, verdict)
     choose_target(facts, stack, locked, verdict)
+    check_torch_build(facts, stack, verdict)
+    if facts.gpus:
+        check_driver_fits_gpus(facts, stack, verdict)
+        check_driver_state(facts, stack, verdict)
     if verdict.target:
         need = _venv_size_gb(verdict.target) * DISK_HEADROOM
         if facts.free_disk_gb < need:

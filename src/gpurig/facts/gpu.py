@@ -1,0 +1,333 @@
+"""The NVIDIA layer's facts, read in one round trip: GPUs on the PCI bus, the driver, its state.
+
+`GpuHost` runs one POSIX sh script, as the SSH user, that prints `@@section` headers, and parses
+it into a `GpuState`. `apply(facts, state)` fills the GPU fields of `preflight.HostFacts`; the
+driver stage (`gpurig.deploys.nvidia`) reads `GpuState` itself, before and after it changes
+anything (pyinfra 3 reads facts afresh on every call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api.facts import FactBase
+
+from gpurig.preflight import HostFacts, PciGpu, pci_gpu
+
+NVIDIA_VENDOR = "10de"
+# /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  ..."
+# or, for the open modules, "NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  ...".
+DRIVER_VERSION = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+PACKAGE_PATTERN = (
+    r"^(nvidia|libnvidia|libcuda|linux-(image|headers|modules|signatures)|cuda|firmware-nvidia"
+    r"|dkms$|unattended-upgrades$)"
+)
+SMI_FIELDS = "pci.bus_id,name,driver_version,compute_cap"
+# Files the driver stage writes: their sha256 tells it what to rewrite.
+NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"
+UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpurig-nvidia"
+PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/gpurig.conf"
+NONFREE_LIST = "/etc/apt/sources.list.d/gpurig-debian-nonfree.list"
+MANAGED_FILES = (NOUVEAU_CONF, UNATTENDED_CONF, PERSISTENCED_DROPIN, NONFREE_LIST)
+
+# Everything is read without sudo except the kernel log (dmesg_restrict): `sudo -n` or nothing.
+SCRIPT = r"""
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"  # dkms, modinfo, lspci: not on a user's PATH
+echo @@pci
+if command -v lspci >/dev/null 2>&1; then
+  echo lspci; lspci -Dnmm -d __VENDOR__: 2>/dev/null
+else
+  echo sysfs
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x__VENDOR__ ] || continue
+    echo "${d##*/} \"$(cut -c3-6 "$d/class")\" \"__VENDOR__\" \"$(cut -c3- "$d/device")\""
+  done
+fi
+echo @@driver
+cat /proc/driver/nvidia/version 2>/dev/null
+echo @@smi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  out=$(timeout 30 nvidia-smi --query-gpu=__SMI__ --format=csv,noheader 2>&1); rc=$?
+  case "$out" in *"not a valid field"*)
+    out=$(timeout 30 nvidia-smi --query-gpu=__SMI_OLD__ --format=csv,noheader 2>&1); rc=$? ;;
+  esac
+  echo "rc=$rc"; printf '%s\n' "$out"
+fi
+echo @@secureboot
+if command -v mokutil >/dev/null 2>&1; then
+  mokutil --sb-state 2>&1 | head -n 1
+elif [ -d /sys/firmware/efi ]; then
+  v=$(od -An -t u1 /sys/firmware/efi/efivars/SecureBoot-* 2>/dev/null | awk '{print $NF}')
+  echo "efivar=$v"
+else
+  echo "no-efi"
+fi
+echo @@modules
+awk '$1 ~ /^(nvidia|nouveau)/ {print $1}' /proc/modules 2>/dev/null
+echo @@kernel
+uname -r
+[ -e "/lib/modules/$(uname -r)/build" ] && echo headers
+echo "module=$(modinfo -F version nvidia 2>/dev/null | head -n 1)"
+echo @@packages
+dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\n' 2>/dev/null | awk -F'|' '$2 ~ /__PACKAGES__/'
+echo @@dkms
+command -v dkms >/dev/null 2>&1 && dkms status 2>/dev/null
+echo @@mok
+if [ -f /var/lib/dkms/mok.pub ] && command -v mokutil >/dev/null 2>&1; then
+  mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | head -n 1
+fi
+echo @@log
+{ dmesg 2>/dev/null || sudo -n dmesg 2>/dev/null; } | grep -aiE 'nvrm|nvidia|nouveau|key was rejected|unsigned module' | tail -n 40
+echo @@blacklist
+grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf /lib/modprobe.d/*.conf /usr/lib/modprobe.d/*.conf
+echo @@files
+for f in __FILES__; do [ -f "$f" ] && sha256sum "$f"; done
+echo @@init
+if [ -d /run/systemd/system ]; then
+  echo systemd
+  echo "persistenced=$(systemctl is-active nvidia-persistenced 2>/dev/null),$(systemctl is-enabled nvidia-persistenced 2>/dev/null)"
+fi
+if [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then echo container
+elif command -v systemd-detect-virt >/dev/null 2>&1 && systemd-detect-virt -cq; then echo container
+fi
+true
+"""  # noqa: E501
+
+
+@dataclass(frozen=True)
+class SmiGpu:
+    bus_id: str  # normalised to lspci's form, 0000:3b:00.0
+    name: str
+    driver_version: str
+    compute_cap: str | None
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """The NVIDIA layer of a host, as one fact."""
+
+    gpus: list[PciGpu] = field(default_factory=list)  # NVIDIA display controllers (class 03xx)
+    pci_source: str = "lspci"  # lspci, or sysfs when pciutils is absent
+    driver_version: str | None = None  # the loaded kernel module
+    smi_rc: int | None = None  # None: no nvidia-smi
+    smi_output: str = ""
+    smi_gpus: list[SmiGpu] = field(default_factory=list)
+    secure_boot: bool | None = None  # None: cannot tell
+    modules: list[str] = field(default_factory=list)  # loaded nvidia*/nouveau modules
+    kernel: str = ""
+    kernel_headers: bool = False  # /lib/modules/$(uname -r)/build exists
+    module_version: str | None = None  # an nvidia module installed for the running kernel
+    packages: dict[str, str] = field(default_factory=dict)  # installed, nvidia/kernel/cuda
+    held: list[str] = field(default_factory=list)  # of those, held (apt-mark hold)
+    dkms: list[str] = field(default_factory=list)  # `dkms status` lines
+    dkms_mok_enrolled: bool | None = None  # None: no DKMS key (or no mokutil)
+    kernel_log: list[str] = field(default_factory=list)  # dmesg lines about the driver
+    nouveau_blacklisted: bool = False
+    files: dict[str, str] = field(default_factory=dict)  # MANAGED_FILES present -> sha256
+    systemd: bool = False
+    container: bool = False
+    persistenced: tuple[str, str] = ("", "")  # systemctl is-active, is-enabled
+
+    @property
+    def nouveau_loaded(self) -> bool:
+        return "nouveau" in self.modules
+
+    @property
+    def nvidia_loaded(self) -> bool:
+        return "nvidia" in self.modules
+
+    @property
+    def can_reboot(self) -> bool:
+        """A machine of its own under systemd; a container cannot reboot into a new module."""
+        return self.systemd and not self.container
+
+    @property
+    def installed_driver(self) -> str | None:
+        """The user-space driver version the packages installed (what a reboot would load)."""
+        for name, version in sorted(self.packages.items()):
+            if re.match(r"^(libnvidia-compute-\d+|libcuda1|libnvidia-ml1|nvidia-utils-\d+)", name):
+                match = re.match(r"^(?:\d+:)?(\d+\.\d+(?:\.\d+)?)", version)
+                if match:
+                    return match[1]
+        return None
+
+
+def _sections(lines: list[str]) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith("@@"):
+            current = sections.setdefault(line[2:].strip(), [])
+        elif current is not None:
+            current.append(line.rstrip())
+    return sections
+
+
+def parse_pci(lines: list[str]) -> list[tuple[str, str]]:
+    """(slot, device id) of NVIDIA display controllers (class 03xx) in `lspci -Dnmm` lines.
+
+    Other NVIDIA functions (the HDMI audio and USB-C controllers of GeForce boards, NVSwitch
+    bridges on HGX baseboards) are not GPUs."""
+    found = []
+    for line in lines:
+        try:
+            fields = [f for f in shlex.split(line) if not f.startswith("-")]
+        except ValueError:
+            continue
+        if len(fields) < 4 or fields[2].lower() != NVIDIA_VENDOR:
+            continue
+        if fields[1].startswith("03"):
+            found.append((fields[0].lower(), fields[3].lower()))
+    return found
+
+
+def parse_driver(lines: list[str]) -> str | None:
+    for line in lines:
+        match = DRIVER_VERSION.search(line)
+        if match:
+            return match[1]
+    return None
+
+
+def normalise_bus_id(bus_id: str) -> str:
+    """nvidia-smi's 00000000:3B:00.0 -> lspci's 0000:3b:00.0."""
+    domain, _, rest = bus_id.strip().lower().rpartition(":")
+    domain, _, bus = domain.rpartition(":")
+    return f"{int(domain or '0', 16):04x}:{bus}:{rest}"
+
+
+def parse_smi(lines: list[str]) -> tuple[int | None, str, list[SmiGpu]]:
+    if not lines or not lines[0].startswith("rc="):
+        return None, "", []
+    rc = int(lines[0][3:] or 0)
+    body = [line for line in lines[1:] if line.strip()]
+    gpus = []
+    if rc == 0:
+        for line in body:
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) >= 3 and re.match(r"^[0-9A-Fa-f]+:[0-9A-Fa-f]+:", fields[0]):
+                cc = fields[3] if len(fields) > 3 and re.match(r"^\d+\.\d+$", fields[3]) else None
+                gpus.append(SmiGpu(normalise_bus_id(fields[0]), fields[1], fields[2], cc))
+    return rc, "\n".join(body), gpus
+
+
+def parse_secure_boot(lines: list[str]) -> bool | None:
+    text = " ".join(lines).lower()
+    if "secureboot enabled" in text or re.search(r"efivar=1\b", text):
+        return True
+    if (
+        "secureboot disabled" in text
+        or re.search(r"efivar=0\b", text)
+        or "no-efi" in text
+        or "doesn't support secure boot" in text
+        or "efi variables are not supported" in text
+    ):
+        return False  # legacy BIOS boot has no Secure Boot
+    return None
+
+
+def parse_packages(lines: list[str]) -> tuple[dict[str, str], list[str]]:
+    installed: dict[str, str] = {}
+    held = []
+    for line in lines:
+        status, _, rest = line.partition("|")
+        name, _, version = rest.partition("|")
+        if len(status) < 2 or status[1] not in "iHUFW" or not name:
+            continue
+        name = name.split(":", 1)[0]  # libcuda1:amd64
+        if status[1] == "i":
+            installed[name] = version
+        if status[0] == "h":
+            held.append(name)
+    return installed, sorted(held)
+
+
+def parse(output: list[str]) -> GpuState:
+    sections = _sections(output)
+    pci = sections.get("pci", [])
+    source = pci[0] if pci and pci[0] in ("lspci", "sysfs") else "lspci"
+    smi_rc, smi_output, smi_gpus = parse_smi(sections.get("smi", []))
+    by_bus = {gpu.bus_id: gpu for gpu in smi_gpus}
+    gpus = []
+    for slot, device in parse_pci(pci):
+        smi = by_bus.get(slot)
+        gpus.append(
+            pci_gpu(slot, device, smi.name if smi else None, smi.compute_cap if smi else None)
+        )
+    kernel_lines = sections.get("kernel", [])
+    module = next((ln[7:] for ln in kernel_lines if ln.startswith("module=")), "")
+    packages, held = parse_packages(sections.get("packages", []))
+    mok = " ".join(sections.get("mok", [])).lower()
+    init = sections.get("init", [])
+    files = {}
+    for line in sections.get("files", []):
+        digest, _, path = line.partition("  ")
+        if path:
+            files[path.strip()] = digest.strip()
+    persistenced = next((ln[13:] for ln in init if ln.startswith("persistenced=")), ",")
+    active, _, enabled = persistenced.partition(",")
+    return GpuState(
+        gpus=gpus,
+        pci_source=source,
+        driver_version=parse_driver(sections.get("driver", [])),
+        smi_rc=smi_rc,
+        smi_output=smi_output,
+        smi_gpus=smi_gpus,
+        secure_boot=parse_secure_boot(sections.get("secureboot", [])),
+        modules=sorted(ln.strip() for ln in sections.get("modules", []) if ln.strip()),
+        kernel=kernel_lines[0].strip() if kernel_lines else "",
+        kernel_headers="headers" in kernel_lines,
+        module_version=module.strip() or None,
+        packages=packages,
+        held=held,
+        dkms=[ln.strip() for ln in sections.get("dkms", []) if ln.strip()],
+        dkms_mok_enrolled=("already enrolled" in mok) if mok else None,
+        kernel_log=[ln for ln in sections.get("log", []) if ln.strip()],
+        nouveau_blacklisted=any(ln.strip() for ln in sections.get("blacklist", [])),
+        files=files,
+        systemd="systemd" in init,
+        container="container" in init,
+        persistenced=(active, enabled),
+    )
+
+
+class GpuHost(FactBase[GpuState]):
+    """The NVIDIA layer of a host (GPUs, driver, Secure Boot, kernel, packages) in one read."""
+
+    def command(self) -> str:
+        return (
+            SCRIPT.replace("__VENDOR__", NVIDIA_VENDOR)
+            .replace("__SMI_OLD__", SMI_FIELDS.rsplit(",", 1)[0])
+            .replace("__SMI__", SMI_FIELDS)
+            .replace("__PACKAGES__", PACKAGE_PATTERN)
+            .replace("__FILES__", " ".join(MANAGED_FILES))
+        )
+
+    @staticmethod
+    def default() -> GpuState:
+        return GpuState()
+
+    def process(self, output: list[str]) -> GpuState:
+        return parse(output)
+
+
+def apply(facts: HostFacts, state: GpuState) -> HostFacts:
+    """`facts` with its GPU fields taken from the GPU layer's own fact."""
+    return dataclasses.replace(
+        facts,
+        gpus=state.gpus,
+        driver_version=state.driver_version,
+        secure_boot=state.secure_boot,
+        nouveau_loaded=state.nouveau_loaded,
+        kernel=state.kernel or None,
+        kernel_headers=state.kernel_headers,
+        nvidia_module=state.module_version,
+        nvidia_smi=state.smi_output if state.smi_rc is not None else None,
+        nvidia_smi_rc=state.smi_rc,
+        kernel_log=state.kernel_log,
+        dkms=state.dkms,
+        dkms_mok_enrolled=state.dkms_mok_enrolled,
+    )

@@ -1,0 +1,235 @@
+"""The GPU layer on real sandbox hosts (no GPU here: `--pretend-gpu` puts one on the PCI bus).
+
+- plans (`--dry`) on Debian 12 and 13, Secure Boot off and on, and the skip on GPU-less hosts;
+- `gpurig preflight` against the same inventory the deploy uses;
+- for real: Debian's driver packages installed on a bookworm host, whose DKMS build cannot
+  work (the container runs this machine's kernel; no archive has its headers): the run must end
+  in the named diagnosis, not in dpkg's output.
+
+Ubuntu has no sandbox host (no Ubuntu archive here): its plans are operation tests with injected
+facts (tests/unit/test_nvidia_deploy.py), as are a loaded driver that is too old or right.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpurig.sandbox.testing import SandboxFleet
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE = REPO / "tests/integration/deploys/nvidia_stage.py"
+Fleet = Callable[..., SandboxFleet]
+DEBIAN_535 = """\
+version: 1
+python: ["3.11", "3.13"]
+torch: {version: "2.13.0", variants: [cu126, cpu]}
+nvidia: {driver_branch: 535}
+"""
+
+
+def stack_file(tmp_path: Path, text: str | None) -> Path:
+    if text is None:
+        return REPO / "stack.yml"
+    path = tmp_path / "stack.yml"
+    path.write_text(text)
+    return path
+
+
+def pyinfra(
+    fleet: SandboxFleet, stack: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "pyinfra", str(fleet.inventory_path), str(STAGE), *args]
+    env = {**fleet.env, "GPURIG_STACK": str(stack)}
+    return subprocess.run(
+        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def plan(fleet: SandboxFleet, stack: Path) -> dict[str, list[str]]:
+    """Operation name -> the hosts it would change, from `pyinfra --dry --json`."""
+    run = pyinfra(fleet, stack, "--dry", "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    payload: dict[str, Any] = json.loads(run.stdout)
+    return {
+        op["name"].removeprefix("NVIDIA driver | "): op["hosts_with_change"]
+        for op in payload["plan"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("os", "sku", "stack", "expected"),
+    [
+        ("bookworm", "H100", None, [
+            "Add NVIDIA's CUDA repository (key 3BF863CC checked)",
+            "Install NVIDIA driver 580 from NVIDIA's CUDA repository, DKMS modules",
+        ]),
+        ("bookworm", "H100", DEBIAN_535, [
+            "Install NVIDIA driver 535 from Debian's non-free archive, DKMS modules",
+        ]),
+        ("trixie", "L4", None, [
+            "Add NVIDIA's CUDA repository (key 3BF863CC checked)",
+            "Install NVIDIA driver 580 from NVIDIA's CUDA repository, DKMS modules",
+        ]),
+    ],
+)  # fmt: skip
+def test_dry_plan_installs_the_driver_for_a_pretend_gpu(
+    sandbox_fleet: Fleet,
+    tmp_path: Path,
+    os: str,
+    sku: str,
+    stack: str | None,
+    expected: list[str],
+) -> None:
+    fleet = sandbox_fleet(os=os, count=1, pretend_gpu=sku, name=f"nvidia-dry-{os}")
+    name = fleet.hosts[0].name
+    changes = plan(fleet, stack_file(tmp_path, stack))
+    for op in [*expected, "Blacklist nouveau", "Load the NVIDIA driver"]:
+        assert changes.get(op) == [name], (op, changes)
+    kernel = next(op for op in changes if op.startswith("Build the NVIDIA module for kernel "))
+    assert changes[kernel] == [name]
+    assert changes["Hold the NVIDIA driver packages"] == [name]
+    assert changes["Keep unattended-upgrades off the driver"] == [name]
+    assert changes["Enable persistence mode (nvidia-persistenced)"] == []  # no systemd here
+    assert "Check the DKMS signing key is enrolled" not in changes
+    # --dry changed nothing.
+    _status, out = fleet.ssh(name, "dpkg -l 'nvidia-*' 2>&1 | grep -c '^ii' || true")
+    assert out.strip() == "0", out
+
+
+def test_dry_plan_with_secure_boot_stops_at_the_unenrolled_key(
+    sandbox_fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet = sandbox_fleet(
+        os="bookworm", count=1, pretend_gpu="H100", pretend_secure_boot=True, name="nvidia-sb"
+    )
+    name = fleet.hosts[0].name
+    changes = plan(fleet, stack_file(tmp_path, DEBIAN_535))
+    assert changes["Check the DKMS signing key is enrolled"] == [name]
+    run = pyinfra(fleet, stack_file(tmp_path, DEBIAN_535), "--dry")
+    assert "preflight: Secure Boot is on: DKMS signs the module with /var/lib/dkms/mok.pub" in (
+        run.stdout + run.stderr
+    )
+
+
+def test_an_unreachable_cuda_repository_is_named(sandbox_fleet: Fleet, tmp_path: Path) -> None:
+    """For real: driver 580 on Debian needs NVIDIA's repository, which this machine cannot reach."""
+    fleet = sandbox_fleet(
+        os="bookworm", count=1, pretend_gpu="H100", pretend_secure_boot=True, name="nvidia-sb"
+    )
+    run = pyinfra(fleet, stack_file(tmp_path, None), "-y")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    failure = [ln for ln in output.splitlines() if "CUDA repository unreachable" in ln]
+    assert len(failure) == 1, output[-3000:]
+    assert "the host cannot download from NVIDIA's CUDA repository (curl error" in failure[0]
+    assert "Fix: let it reach developer.download.nvidia.com" in failure[0]
+    _status, out = fleet.ssh(fleet.hosts[0].name, "dpkg -l cuda-keyring 2>&1 | grep -c '^ii'")
+    assert out.strip() == "0"  # nothing trusted, nothing installed
+
+
+def test_a_host_without_a_gpu_skips_the_layer_or_fails_when_gpus_are_required(
+    sandbox_fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet = sandbox_fleet(os="bookworm", count=2, name="nvidia-no-gpu")
+    changes = plan(fleet, stack_file(tmp_path, None))
+    assert changes == {}
+    run = pyinfra(fleet, stack_file(tmp_path, None), "--dry")
+    skipped = "preflight: no NVIDIA GPU on the PCI bus: GPU stage skipped"
+    assert (run.stdout + run.stderr).count(skipped) == 2
+    required = stack_file(tmp_path, (REPO / "stack.yml").read_text() + "\n")
+    required.write_text(required.read_text().replace("require_gpu: false", "require_gpu: true", 1))
+    stopped = plan(fleet, required)
+    assert stopped == {"Preflight: stop this host": sorted(h.name for h in fleet.hosts)}
+
+
+def gpurig(fleet: SandboxFleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpurig.cli", "preflight", *args],
+        env={**fleet.env, "COLUMNS": "200"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_gpurig_preflight_reports_each_host_and_fails_on_any(sandbox_fleet: Fleet) -> None:
+    gpu_host = sandbox_fleet(os="bookworm", count=1, pretend_gpu="H100", name="nvidia-dry-bookworm")
+    run = gpurig(gpu_host, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = json.loads(run.stdout)
+    assert result["ok"]
+    assert result["install_driver"] is True
+    assert result["target"] == "cu130-cp311"
+    assert result["facts"]["gpus"][0]["name"] == "NVIDIA H100 SXM5 80GB"
+    assert "installs NVIDIA driver branch 580" in result["notes"]
+    text = gpurig(gpu_host)
+    assert text.returncode == 0
+    assert "NVIDIA H100 SXM5 80GB (sm_90), no driver loaded, installs cu130-cp311" in text.stdout
+
+
+def test_gpurig_preflight_names_the_unreachable_and_the_failing(
+    sandbox_fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet = sandbox_fleet(os="bookworm", count=2, name="nvidia-no-gpu")
+    first, second = fleet.hosts
+    fleet.stop(second)
+    try:
+        required = tmp_path / "stack.yml"
+        required.write_text(
+            (REPO / "stack.yml").read_text().replace("require_gpu: false", "require_gpu: true", 1)
+        )
+        run = gpurig(fleet, "--json", "--stack", str(required))
+        assert run.returncode == 1
+        results = {r["host"]: r for r in json.loads(run.stdout)}
+        assert not results[first.name]["ok"]
+        assert "nvidia.require_gpu is true" in results[first.name]["problems"][0]
+        assert results[second.name]["problems"][0].startswith("cannot reach the host")
+    finally:
+        fleet.start(second)
+
+
+@pytest.mark.slow
+def test_debian_driver_install_for_real_ends_in_the_named_dkms_diagnosis(
+    sandbox_fleet: Fleet, tmp_path: Path
+) -> None:
+    """Debian's nvidia-kernel-dkms really installs (~1 min here); its module cannot build."""
+    fleet = sandbox_fleet(os="bookworm", count=1, pretend_gpu="H100", name="nvidia-real")
+    name = fleet.hosts[0].name
+    _, kernel = fleet.ssh(name, "uname -r")
+    kernel = kernel.strip()
+    began = time.monotonic()
+    run = pyinfra(fleet, stack_file(tmp_path, DEBIAN_535), "-y", timeout=900)
+    took = time.monotonic() - began
+    print(f"real Debian driver install and diagnosis: {took:.0f} s")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert f"DKMS build failed: no kernel headers for {kernel}" in output, output[-3000:]
+    assert f"Fix: apt install linux-headers-{kernel}" in output
+    assert "Unpacking" not in output  # not a wall of dpkg output
+    assert "Traceback" not in output
+    failure = [ln for ln in output.splitlines() if "DKMS build failed" in ln]
+    assert len(failure) == 1, failure
+    # The packages did install, for real, and the full log stayed on the host.
+    _status, dpkg = fleet.ssh(name, "dpkg-query -W -f='${Status} ${Version}' nvidia-kernel-dkms")
+    assert dpkg.startswith("install ok installed 535."), dpkg
+    _status, log = fleet.ssh(name, "sudo grep -c 'Setting up' /var/log/gpurig/nvidia-driver.log")
+    assert int(log.strip()) > 10, log
+    assert took < 300, f"the real install took {took:.0f} s"
+    # A re-run stops at the same place with the same one line: the install itself is a no-op.
+    again = pyinfra(fleet, stack_file(tmp_path, DEBIAN_535), "-y", timeout=600)
+    rerun = again.stdout + again.stderr
+    assert f"DKMS build failed: no kernel headers for {kernel}" in rerun
+    install = rerun.split("Install NVIDIA driver 535", 1)[1].split("-->", 1)[0]
+    assert "No changes" in install
