@@ -1,0 +1,7 @@
+"""`python -m bloomkit`: the same as the `bloomkit` command."""
+
+import sys
+
+from bloomkit.cli import main
+
+sys.exit(main())
