@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("gpurig.sandbox.cli", "start, list and stop local sandbox hosts"),
     "preflight": ("gpurig.commands.preflight", "check live hosts against the lock, change nothing"),
     "deploy": ("gpurig.commands.deploy", "run the pyinfra deploy and print the fleet summary"),
+    "cluster": ("gpurig.commands.cluster", "training clusters: list, smoke-test, run on all nodes"),
     "report": ("gpurig.commands.report", "print the fleet summary from reports/"),
     "image": ("gpurig.images.cli", "build and smoke-test container images"),
     "render": ("gpurig.commands.render", "write the files generated from the spec (Ansible)"),

@@ -19,6 +19,7 @@ from typing import Any
 from bloomkit.errors import UsageError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
 DEFAULT_MODEL = "bigscience/bloom-560m"
 TINY = "tiny"
 
@@ -167,9 +168,31 @@ class SmokeArgs:
     lr: float | None = arg(None, help="learning rate of the --model stage (1e-4 full, 1e-3 LoRA)")
     gemm_size: int = arg(8192, help="edge of the square bf16 GEMM in the performance stage")
     trust_remote_code: bool = arg(False, help="allow model code from the Hub")
+    distributed: bool = arg(
+        False,
+        help="under torchrun: all-reduce, bus bandwidth and a DDP step across every rank, "
+        "and a fleet verdict",
+    )
+    dist_timeout: int = arg(
+        120, help="with --distributed: seconds a rank waits for its peers (joining, collectives)"
+    )
+    dist_backend: str = arg(
+        "auto", help="with --distributed: nccl on GPUs, gloo on CPUs", choices=DIST_BACKENDS
+    )
+    busbw_mib: int | None = arg(
+        None,
+        help="with --distributed: all-reduce buffer per rank for the bus bandwidth "
+        "(default 1024 MiB on GPUs, 64 on CPUs; --quick 256 / 16)",
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "--model must not be empty")
+        _check(self.dist_timeout >= 1, "--dist-timeout must be at least 1 second")
+        _check(
+            self.dist_backend in DIST_BACKENDS,
+            f"--dist-backend must be one of {', '.join(DIST_BACKENDS)}",
+        )
+        _check(self.busbw_mib is None or self.busbw_mib >= 1, "--busbw-mib must be at least 1")
         _check(self.steps is None or self.steps >= 2, "--steps must be at least 2")
         _check(self.batch_size >= 1, "--batch-size must be at least 1")
         _check(self.seq_len >= 8, "--seq-len must be at least 8")

@@ -92,6 +92,29 @@ PEAKS: tuple[Peak, ...] = (
 )
 
 
+# All-reduce bus bandwidth across ranks (`bloomkit smoke --distributed`), nccl-tests' measure
+# (busbw = algbw * 2(n-1)/n), expected at large messages. One board of 8 NVSwitch-connected GPUs,
+# `all_reduce_perf -b 8 -e 8G -f 2 -g 8`: the low end of what healthy boards measure.
+_NCCL_8GPU_H100 = (
+    "8x H100/H200 SXM: 480 GB/s with NVLink SHARP (NVIDIA GTC 2024 talk S62129, quoted in "
+    "github.com/NVIDIA/nccl issue 1374); 460-480 GB/s in published nccl-tests tables"
+)
+_NCCL_8GPU_A100 = (
+    "8x A100 SXM: 200-232 GB/s (github.com/NVIDIA/nccl-tests issues 175: 232.5, 178: 208)"
+)
+NVSWITCH_8GPU_BUSBW_GBS: dict[str, tuple[float, str]] = {
+    "H100 SXM": (475.0, _NCCL_8GPU_H100),
+    "H200 SXM": (475.0, _NCCL_8GPU_H100),
+    "A100 SXM 80GB": (200.0, _NCCL_8GPU_A100),
+    "A100 SXM 40GB": (200.0, _NCCL_8GPU_A100),
+}
+# Across nodes a ring all-reduce is bound by the NICs a node uses (one per GPU): busbw <= their
+# summed line rate (8x 400 Gb/s NDR = 400 GB/s; 4x 200 Gb/s HDR = 100 GB/s). Measured: 85-96 of
+# 100 GB/s on 4x HDR (nccl-tests issues 119, 175); 48-49 of 50 GB/s per ConnectX-7 NDR port
+# (NVIDIA/nccl issue 267). On two nodes NCCL's tree can beat the bound, never fall short of it.
+FLEET_BUSBW_FRACTION = 0.80  # of the expectation, for both cases
+
+
 def lookup(device_name: str) -> Peak | None:
     """The table row for a torch device name (e.g. 'NVIDIA H100 80GB HBM3'), or None."""
     for peak in PEAKS:

@@ -67,6 +67,7 @@ class SmokeContext:
     env: dict[str, Any] = field(default_factory=dict)
     devices: list[int] = field(default_factory=list)  # GPUs that passed the cuda stage
     workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    dist: Any = None  # --distributed: the process group's state (bloomkit.distributed)
 
     @classmethod
     def from_environment(cls, args: SmokeArgs, debug: bool = False) -> SmokeContext:
@@ -478,6 +479,10 @@ def smoke(args: SmokeArgs, debug: bool = False) -> int:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     ctx = SmokeContext.from_environment(args, debug=debug)
+    if args.distributed:
+        from bloomkit import distributed
+
+        return distributed.smoke(ctx)
     report = run_smoke(ctx)
     if ctx.is_reporter:
         print(format_summary(report), flush=True)

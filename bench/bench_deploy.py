@@ -1,0 +1,189 @@
+"""Deploy benchmarks on sandbox hosts, all measured in one run on identical fresh hosts:
+
+1. fresh host to green smoke with `gpurig deploy`, against the install floor: the same lock
+   installed by a bare `uv pip install` (files copied with OpenSSH scp), then `bloomkit smoke`;
+   goal: gpurig <= 1.25x the floor;
+2. the route the blog posts teach, as a shell script: apt's python3-pip and python3-venv, a
+   virtualenv, `pip install` of the same packages, then `bloomkit smoke`;
+3. a no-change re-run (`--skip-smoke`) on one host, then on four (goals: <= 5 s; four hosts
+   within 1.5x of one).
+
+    .venv/bin/python bench/bench_deploy.py [--out FILE] [--skip-blog] [--keep]
+
+Needs a Docker engine (`gpurig sandbox engine`); hosts live in a temporary state dir and are
+removed at the end (unless --keep). Prints the figures and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gpurig import bloomkit_wheel, lock, spec
+from gpurig.lock import _uv
+from gpurig.sandbox import Fleet, SandboxHost, docker_env, ensure_engine
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "cpu-cp311"  # what a GPU-less bookworm host gets
+RERUNS = 3
+
+
+def timed(label: str, command: list[str], env: dict[str, str]) -> float:
+    began = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - began
+    if result.returncode:
+        tail = (result.stdout + result.stderr)[-3000:]
+        raise SystemExit(f"{label} failed (exit {result.returncode}):\n{tail}")
+    print(f"  {label}: {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def scp(fleet: Fleet, host: SandboxHost, files: list[Path], folder: str) -> None:
+    state = fleet.state
+    fleet.ssh(host, f"mkdir -p {folder}")  # as the SSH user, who copies into it
+    subprocess.run(
+        [
+            "scp", "-q", "-P", str(host.port), "-i", str(state.key_file),
+            "-o", f"UserKnownHostsFile={state.known_hosts_file}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+            *map(str, files), f"{host.user}@{host.hostname}:{folder}/",
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def remote(fleet: Fleet, host: SandboxHost, script: str) -> None:
+    code, out = fleet.ssh(host, f"sudo -n sh -c {shlex.quote(script)}", timeout=3600)
+    if code:
+        raise SystemExit(f"on {host.name}: exit {code}\n{out[-3000:]}")
+
+
+def staged_files(tmp: Path) -> tuple[list[Path], str]:
+    """What the floor and the blog route need on the host, and the requirements text."""
+    stack = spec.load(REPO / "stack.yml")
+    locked = lock.load(REPO / "lock")
+    target = locked.targets[TARGET]
+    wheel = bloomkit_wheel.build()
+    requirements = tmp / "requirements.txt"
+    requirements.write_text(
+        locked.requirements(target).read_text().rstrip("\n") + "\n" + wheel.requirement + "\n"
+    )
+    local = [Path(folder) / name for name, (folder, _) in target.local_wheels.items()]
+    ca = Path(stack.network.ca_bundle or "/etc/ssl/certs/ca-certificates.crt")
+    ca_copy = tmp / "ca.pem"
+    ca_copy.write_bytes(ca.read_bytes())
+    return [Path(_uv()), wheel.path, requirements, ca_copy, *local], target.torch
+
+
+def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> float:
+    began = time.monotonic()
+    scp(fleet, host, files, "/tmp/floor")
+    remote(
+        fleet,
+        host,
+        "set -e; cd /tmp/floor; export SSL_CERT_FILE=/tmp/floor/ca.pem; "
+        "./uv venv --quiet --python /usr/bin/python3 /opt/floor; "
+        "./uv pip install --quiet --python /opt/floor/bin/python --require-hashes "
+        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor; "
+        "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny",
+    )
+    seconds = time.monotonic() - began
+    print(f"  install floor (scp + uv pip install + smoke): {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -> float:
+    stack = spec.load(REPO / "stack.yml")
+    pins = " ".join(f"{name}=={pin}" for name, pin in stack.packages.items())
+    wheel = next(f for f in files if f.name.startswith("bloomkit-"))
+    began = time.monotonic()
+    scp(fleet, host, files, "/tmp/blog")
+    remote(
+        fleet,
+        host,
+        "set -e; export DEBIAN_FRONTEND=noninteractive PIP_CERT=/tmp/blog/ca.pem; "
+        "apt-get update -q; apt-get install -y -q python3-pip python3-venv; "
+        "python3 -m venv /opt/blog; "
+        f"/opt/blog/bin/pip install -q --find-links /tmp/blog torch=={torch}; "
+        f"/opt/blog/bin/pip install -q {pins}; "
+        f"/opt/blog/bin/pip install -q /tmp/blog/{wheel.name}; "
+        "/opt/blog/bin/bloomkit smoke --json /tmp/blog/smoke.json --model tiny",
+    )
+    seconds = time.monotonic() - began
+    print(f"  blog route (apt pip + venv + pip install + smoke): {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def deploy(limit: list[str], *args: str) -> list[str]:
+    command = [sys.executable, "-m", "gpurig.cli", "deploy", *args, "--"]
+    for name in limit:
+        command += ["--limit", name]
+    return command
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-deploy.json")
+    parser.add_argument("--skip-blog", action="store_true", help="skip the blog-post route")
+    parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts")
+    args = parser.parse_args()
+    ensure_engine()
+    state_dir = Path(tempfile.mkdtemp(prefix="gpurig-bench-"))
+    fleet = Fleet(state_dir)
+    env = {
+        **os.environ,
+        **docker_env(),
+        **fleet.env(),
+        "GPURIG_REPORTS_DIR": str(state_dir / "reports"),
+    }
+    env.pop("GPURIG_HOSTS", None)
+    figures: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
+    try:
+        print("starting identical fresh bookworm hosts", flush=True)
+        first, floor_host, blog_host = fleet.up(3)
+        files, torch = staged_files(state_dir)
+        print("fresh host to green smoke:", flush=True)
+        figures["fresh_gpurig_s"] = timed("gpurig deploy", deploy([first.name]), env)
+        figures["fresh_floor_s"] = floor(fleet, floor_host, files)
+        figures["fresh_ratio"] = figures["fresh_gpurig_s"] / figures["fresh_floor_s"]
+        if not args.skip_blog:
+            figures["fresh_blog_s"] = blog_route(fleet, blog_host, files, torch)
+            figures["blog_over_gpurig"] = figures["fresh_blog_s"] / figures["fresh_gpurig_s"]
+        print("no-change re-run, one host:", flush=True)
+        one = [
+            timed(f"run {i + 1}", deploy([first.name], "--skip-smoke"), env) for i in range(RERUNS)
+        ]
+        figures["rerun_1_host_s"] = statistics.median(one)
+        print("three more hosts, deployed together (no smoke):", flush=True)
+        more = [h.name for h in fleet.up(3)]
+        figures["fresh_3_hosts_no_smoke_s"] = timed(
+            "gpurig deploy", deploy(more, "--skip-smoke"), env
+        )
+        print("no-change re-run, four hosts:", flush=True)
+        four = [
+            timed(f"run {i + 1}", deploy([first.name, *more], "--skip-smoke"), env)
+            for i in range(RERUNS)
+        ]
+        figures["rerun_4_hosts_s"] = statistics.median(four)
+        figures["rerun_4_over_1"] = figures["rerun_4_hosts_s"] / figures["rerun_1_host_s"]
+    finally:
+        if not args.keep:
+            fleet.down()
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

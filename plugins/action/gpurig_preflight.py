@@ -1,0 +1,82 @@
+"""Action plugin: gather a host's facts, then decide on the controller with gpurig's own code.
+
+The probe is the pyinfra deploy's (gpurig.facts.system.HostProbe), run as the SSH user; the
+verdict is gpurig.preflight.evaluate; paths come from gpurig.hostlayout. The result is set as the
+host fact `gpurig` (ansible_facts.gpurig), which the other roles act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+
+class _RoleVars(Mapping[str, Any]):
+    """The host's variables, each templated only when gpurig asks for it."""
+
+    def __init__(self, templar: Any, task_vars: Mapping[str, Any]) -> None:
+        self._templar = templar
+        self._vars = task_vars
+
+    def __getitem__(self, key: str) -> Any:
+        return self._templar.template(self._vars[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vars)
+
+    def __len__(self) -> int:
+        return len(self._vars)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True  # facts only: nothing on the host changes
+    _VALID_ARGS = frozenset(("stack_file", "lock_dir", "venv", "render_sha256"))
+
+    def run(
+        self, tmp: str | None = None, task_vars: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        missing = [name for name in ("stack_file", "lock_dir", "venv") if not args.get(name)]
+        if missing:
+            raise AnsibleActionFail(f"gpurig_preflight needs {', '.join(missing)}")
+        try:
+            from gpurig import ansible_bridge
+            from gpurig.errors import GpurigError
+        except ImportError as error:
+            raise AnsibleActionFail(
+                f"gpurig is not importable by the Python running Ansible ({error}): run "
+                "ansible-playbook from the environment gpurig is installed in"
+            ) from None
+        # As the SSH user, not with become: the probe tests passwordless sudo itself.
+        probe = self._low_level_execute_command(
+            ansible_bridge.probe_command(str(args["venv"])), sudoable=False
+        )
+        if probe["rc"] != 0:
+            raise AnsibleActionFail(f"the fact probe failed (rc {probe['rc']}): {probe['stderr']}")
+        try:
+            plan = ansible_bridge.plan(
+                probe["stdout"],
+                Path(str(args["stack_file"])),
+                Path(str(args["lock_dir"])),
+                _RoleVars(self._templar, task_vars),
+                args.get("render_sha256") or None,  # "" skips the staleness check
+            )
+        except GpurigError as error:
+            raise AnsibleActionFail(str(error)) from None
+        result["changed"] = False
+        result["ansible_facts"] = {"gpurig": plan}
+        if plan["ok"]:
+            result["msg"] = f"{plan['target']} (Python {plan['python']})" + "".join(
+                f"; {note}" for note in plan["notes"]
+            )
+        else:
+            result["failed"] = True
+            result["msg"] = "preflight refused this host: " + "; ".join(plan["problems"])
+        return result

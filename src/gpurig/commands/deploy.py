@@ -1,0 +1,95 @@
+"""`gpurig deploy`: run the pyinfra deploy (inventory.py + deploy/gpu.py), then the fleet summary.
+
+Exits 0 only when every host of the run passed (or skipped its smoke test on purpose); a
+failed host is named with its reason. Arguments after `--` go to pyinfra as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gpurig import report
+from gpurig.deploys import ENV_LOCK, ENV_REPORTS, ENV_STACK, ENV_SUMMARY, reports_dir
+from gpurig.errors import UsageError
+
+DEPLOY_FILE = Path("deploy/gpu.py")
+INVENTORY = Path("inventory.py")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory", type=Path, default=INVENTORY, help="pyinfra inventory")
+    parser.add_argument(
+        "--stack", type=Path, help=f"spec file (default: ${ENV_STACK} or stack.yml)"
+    )
+    parser.add_argument("--lock", type=Path, help=f"lock folder (default: ${ENV_LOCK} or lock)")
+    parser.add_argument(
+        "--reports", type=Path, help=f"report folder (default: ${ENV_REPORTS} or reports)"
+    )
+    parser.add_argument("--limit", help="only these hosts or groups (pyinfra --limit)")
+    parser.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    parser.add_argument(
+        "--skip-smoke", action="store_true", help="no smoke test this run (gpurig_skip_smoke)"
+    )
+    parser.add_argument(
+        "pyinfra_args", nargs=argparse.REMAINDER, help="after --: more pyinfra arguments"
+    )
+
+
+def pyinfra_command(args: argparse.Namespace) -> list[str]:
+    beside = Path(sys.executable).with_name("pyinfra")
+    found = str(beside) if beside.exists() else shutil.which("pyinfra")
+    command = [found] if found else [sys.executable, "-m", "pyinfra"]
+    # -y skips pyinfra's change detection, which is all a dry run is for.
+    command += ["--dry"] if args.dry else ["-y"]
+    command += [str(args.inventory), str(DEPLOY_FILE)]
+    if args.limit:
+        command += ["--limit", args.limit]
+    if args.skip_smoke:
+        command += ["--data", "gpurig_skip_smoke=true"]
+    extra = list(args.pyinfra_args or [])
+    return command + (extra[1:] if extra[:1] == ["--"] else extra)
+
+
+def environment(args: argparse.Namespace) -> dict[str, str]:
+    env = {**os.environ, ENV_SUMMARY: "0"}  # this command prints the summary itself
+    for name, value in (
+        (ENV_STACK, args.stack),
+        (ENV_LOCK, args.lock),
+        (ENV_REPORTS, args.reports),
+    ):
+        if value is not None:
+            env[name] = str(Path(value).absolute())
+    return env
+
+
+def deploy(args: argparse.Namespace) -> int:
+    """Run pyinfra; print the run's summary; 0 only when every host is ok."""
+    if not DEPLOY_FILE.exists():
+        raise UsageError(f"{DEPLOY_FILE} not found: run gpurig deploy from the repo root")
+    if not args.inventory.exists():
+        raise UsageError(f"inventory {args.inventory} not found")
+    env = environment(args)
+    started = time.time()
+    code = subprocess.call(pyinfra_command(args), env=env)
+    if args.dry:
+        return code
+    directory = Path(env.get(ENV_REPORTS) or reports_dir())
+    console = report.console()
+    try:
+        reports = report.load_run(directory, since=started)
+    except report.RunRecordError as error:
+        console.print(f"[bold red]no fleet summary[/]: {error} (pyinfra exited {code})")
+        return code or 1
+    console.print()
+    ok = report.print_summary(reports, console)
+    return 0 if ok and code == 0 else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    return deploy(args)

@@ -1,0 +1,30 @@
+"""`gpurig report`: the fleet summary from the smoke reports in reports/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gpurig import report
+from gpurig.deploys import ENV_REPORTS, reports_dir
+from gpurig.errors import GpurigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reports", type=Path, help=f"report folder (default: ${ENV_REPORTS} or reports)"
+    )
+    parser.add_argument(
+        "--last-run", action="store_true", help="only the hosts of the last deploy run"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = args.reports or reports_dir()
+    if not directory.is_dir():
+        raise GpurigError(f"no reports in {directory}: run `gpurig deploy` first")
+    try:
+        reports = report.load_run(directory) if args.last_run else report.load_dir(directory)
+    except report.RunRecordError as error:
+        raise GpurigError(str(error)) from None
+    return 0 if report.print_summary(reports) else 1

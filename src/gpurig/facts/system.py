@@ -1,0 +1,254 @@
+"""Facts the deploy reads: one round trip each, because a no-change re-run is mostly facts.
+
+`HostProbe` gathers what preflight needs of the system before any change (OS, architecture,
+Python, glibc, disk, memory, sudo, systemd, the dpkg lock); `to_host_facts` turns it into
+`preflight.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
+The others read the state the install stages converge: the venvs and their markers, pushed
+wheels, uv's Python, managed files.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api.facts import FactBase
+
+from gpurig.preflight import HostFacts
+
+# Runs as the SSH user, without sudo, so that `sudo -n true` tests what it should.
+PROBE_SCRIPT = r"""
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+echo "os_id=${ID:-unknown}"
+echo "os_version=${VERSION_ID:-unknown}"
+echo "arch=$(uname -m)"
+if command -v python3 >/dev/null 2>&1; then
+  echo "python3=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+fi
+echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
+p=__VENV__
+while [ ! -e "$p" ]; do p=$(dirname "$p"); done
+echo "disk_kb=$(df -Pk "$p" | awk 'NR==2 {print $4}')"
+echo "mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+echo "uid=$(id -u)"
+if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo=1
+else echo sudo=0; fi
+if [ -d /run/systemd/system ]; then echo systemd=1; else echo systemd=0; fi
+for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
+  [ -e "$f" ] || continue
+  i=$(stat -c %i "$f")
+  # /proc/locks: "1: POSIX ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"
+  pid=$(awk -v i="$i" '{for (n = 1; n < NF; n++)
+    if ($n ~ /^[0-9]+$/ && $(n+1) ~ ":" i "$") {print $n; exit}}' /proc/locks 2>/dev/null)
+  if [ -n "$pid" ]; then echo "dpkg_lock=$pid $(cat /proc/$pid/comm 2>/dev/null)"; break; fi
+done
+true
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `HostProbe` read, as text; `to_host_facts` interprets it."""
+
+    values: dict[str, str]
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key) or None
+
+
+class HostProbe(FactBase[Probe]):
+    """The system part of preflight, in one round trip (key=value lines)."""
+
+    def command(self, venv: str) -> str:
+        return PROBE_SCRIPT.replace("__VENV__", shlex.quote(venv))
+
+    @staticmethod
+    def default() -> Probe:
+        return Probe({})
+
+    def process(self, output: list[str]) -> Probe:
+        values: dict[str, str] = {}
+        for line in output:
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip()
+        return Probe(values)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def to_host_facts(probe: Probe) -> HostFacts:
+    """The system part; `gpurig.facts.gpu.apply` adds the GPU part."""
+    return HostFacts(
+        os_id=probe.get("os_id") or "unknown",
+        os_version=probe.get("os_version") or "unknown",
+        arch=probe.get("arch") or "unknown",
+        python3=probe.get("python3"),
+        glibc=probe.get("glibc"),
+        free_disk_gb=_int(probe.get("disk_kb")) / 1024**2,
+        memory_gb=_int(probe.get("mem_kb")) / 1024**2,
+        sudo=probe.get("sudo") == "1",
+        systemd=probe.get("systemd") == "1",
+    )
+
+
+def dpkg_lock_holder(probe: Probe) -> str | None:
+    """'1234 unattended-upgr' when a process holds the dpkg lock."""
+    return probe.get("dpkg_lock")
+
+
+# The venvs: which one is live, which are complete (their marker), which are left over.
+VENV_STATE_SCRIPT = r"""
+link=__LINK__
+dir=__DIR__
+if [ -L "$link" ]; then echo "live=$(readlink "$link")"
+elif [ -e "$link" ]; then echo "live_dir=$link"; fi
+for d in "$dir"/*/; do
+  [ -d "$d" ] || continue
+  d=${d%/}
+  echo "venv=$(stat -c %Y "$d") $d"
+  [ -f "$d/__MARKER__" ] && echo "marker=$d $(tr -d '\n' < "$d/__MARKER__")"
+done
+true
+"""
+
+
+@dataclass(frozen=True)
+class Venvs:
+    live: str | None = None  # target of the live link
+    live_is_dir: bool = False  # a real directory sits at the live path (not gpurig's link)
+    mtimes: dict[str, int] = field(default_factory=dict)  # venv dir -> mtime
+    markers: dict[str, str] = field(default_factory=dict)  # venv dir -> marker text
+
+
+class VenvState(FactBase[Venvs]):
+    def command(self, link: str, venvs_dir: str, marker: str) -> str:
+        return (
+            VENV_STATE_SCRIPT.replace("__LINK__", shlex.quote(link))
+            .replace("__DIR__", shlex.quote(venvs_dir))
+            .replace("__MARKER__", marker)
+        )
+
+    @staticmethod
+    def default() -> Venvs:
+        return Venvs()
+
+    def process(self, output: list[str]) -> Venvs:
+        live = None
+        live_is_dir = False
+        mtimes: dict[str, int] = {}
+        markers: dict[str, str] = {}
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "live":
+                live = value
+            elif key == "live_dir":
+                live_is_dir = True
+            elif key == "venv":
+                mtime, _, path = value.partition(" ")
+                mtimes[path] = _int(mtime)
+            elif key == "marker":
+                path, _, text = value.partition(" ")
+                markers[path] = text
+        return Venvs(live, live_is_dir, mtimes, markers)
+
+
+class FileSizes(FactBase[dict[str, int]]):
+    """name -> size of the files in a folder; a hash-pinned install checks the contents."""
+
+    def command(self, directory: str) -> str:
+        quoted = shlex.quote(directory)
+        return f"[ -d {quoted} ] && find {quoted} -maxdepth 1 -type f -printf '%s %f\\n'; true"
+
+    @staticmethod
+    def default() -> dict[str, int]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, int]:
+        sizes = {}
+        for line in output:
+            size, _, name = line.partition(" ")
+            if name:
+                sizes[name] = _int(size)
+        return sizes
+
+
+class ManagedPython(FactBase[str | None]):
+    """Path of a uv-managed Python of this version under install_dir, or None."""
+
+    def command(self, uv: str, install_dir: str, version: str) -> str:
+        return (
+            f"UV_PYTHON_INSTALL_DIR={shlex.quote(install_dir)} {shlex.quote(uv)} python find "
+            f"--managed-python --no-python-downloads {shlex.quote(version)} 2>/dev/null; true"
+        )
+
+    @staticmethod
+    def default() -> str | None:
+        return None
+
+    def process(self, output: list[str]) -> str | None:
+        return output[0].strip() if output and output[0].strip() else None
+
+
+def marker_json(data: dict[str, Any]) -> str:
+    """The one text form of a venv marker: facts compare it byte for byte."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    mode: str  # octal, as stat prints it: 644
+    owner: str  # user:group
+    sha256: str
+
+
+class FileState(FactBase[FileInfo | None]):
+    """Mode, owner and sha256 of a file in one round trip; None when it is absent."""
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return (
+            f"if [ -f {quoted} ]; then stat -c '%a %U:%G' {quoted} && "
+            f"sha256sum {quoted} | cut -d ' ' -f 1; fi"
+        )
+
+    @staticmethod
+    def default() -> FileInfo | None:
+        return None
+
+    def process(self, output: list[str]) -> FileInfo | None:
+        if len(output) < 2:
+            return None
+        mode, _, owner = output[0].strip().partition(" ")
+        return FileInfo(mode, owner, output[1].strip())
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    home: str
+    shell: str
+
+
+class PasswdEntry(FactBase[Account | None]):
+    """One user's passwd entry (getent: local files, LDAP...); None when there is none."""
+
+    def command(self, user: str) -> str:
+        return f"getent passwd {shlex.quote(user)} || true"
+
+    @staticmethod
+    def default() -> Account | None:
+        return None
+
+    def process(self, output: list[str]) -> Account | None:
+        fields = output[0].strip().split(":") if output else []
+        if len(fields) < 7:
+            return None
+        return Account(fields[0], fields[5], fields[6])

@@ -1,0 +1,99 @@
+"""Files from the controller: config files with a follow-up command, and wheels."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Generator, Mapping
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+from gpurig.facts.system import FileSizes, FileState
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """A controller file's sha256, once per process and version of the file (every host asks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@operation()
+def installed(
+    src: bytes | Path,
+    dest: str,
+    mode: str = "644",
+    owner: str = "root:root",
+    then: str | None = None,
+) -> Generator[Any, None, None]:
+    """`dest` holds `src` (bytes, or a controller file) with this mode and owner; `then` runs
+    after its content changed.
+
+    One fact and one operation: unlike files.put followed by an `_if=...did_change` command,
+    a dry run can tell whether `then` will run.
+    """
+    current = host.get_fact(FileState, path=dest)
+    digest = _file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
+    new_content = current is None or current.sha256 != digest
+    commands: list[Any] = []
+    if new_content:
+        commands.append(StringCommand("mkdir", "-p", str(Path(dest).parent)))
+        upload = str(src) if isinstance(src, Path) else BytesIO(src)
+        commands.append(
+            FileUploadCommand(upload, dest, remote_temp_filename=host.get_temp_filename(dest))
+        )
+    if new_content or current is None or current.mode != mode.lstrip("0"):
+        commands.append(StringCommand("chmod", mode, dest))
+    if new_content or current is None or current.owner != owner:
+        commands.append(StringCommand("chown", owner, dest))
+    if not commands:
+        host.noop(f"{dest} is up to date")
+        return
+    yield from commands
+    if new_content and then:
+        yield then
+
+
+@operation()
+def pushed(files: Mapping[str, tuple[str, str]], directory: str) -> Generator[Any, None, None]:
+    """files: remote name -> (controller path, sha256).
+
+    A file of the right size counts as present: comparing sizes costs one `find`, where a
+    checksum would read gigabytes per run. The contents are still checked: by sha256 right
+    after an upload, and by the hash-pinned install that reads them.
+    """
+    present = host.get_fact(FileSizes, directory=directory)
+    todo = {
+        name: (path, sha256)
+        for name, (path, sha256) in sorted(files.items())
+        if present.get(name) != Path(path).stat().st_size
+    }
+    if not todo:
+        host.noop(f"{len(files)} file(s) in {directory}")
+        return
+    yield StringCommand("mkdir", "-p", "-m", "0755", directory)
+    for name, (path, _) in todo.items():
+        dest = f"{directory}/{name}"
+        yield FileUploadCommand(path, dest, remote_temp_filename=host.get_temp_filename(dest))
+    sums = "".join(f"{sha256}  {name}\n" for name, (_, sha256) in todo.items())
+    names = " ".join(shlex.quote(n) for n in todo)
+    # A corrupted upload is removed, so that the next run uploads it again.
+    yield (
+        f"cd {shlex.quote(directory)} && chmod 0644 {names} && "
+        f"{{ printf %s {shlex.quote(sums)} | sha256sum --check --quiet --strict "
+        f"|| {{ rm -f {names}; exit 1; }}; }}"
+    )

@@ -1,0 +1,197 @@
+"""The controller side of the Ansible roles: the same facts, verdicts and files as pyinfra."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpurig import ansible_bridge, ansible_render, hostlayout, lock, report, spec
+from gpurig.bloomkit_wheel import Wheel
+from gpurig.deploys import python as py_stage
+from gpurig.deploys import system as system_stage
+from gpurig.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK = REPO_ROOT / "stack.yml"
+LOCK = REPO_ROOT / "lock"
+
+# What the probe printed on a fresh bookworm sandbox host (no GPU, no systemd).
+BOOKWORM = """\
+os_id=debian
+os_version=12
+arch=x86_64
+python3=3.11
+glibc=2.36
+disk_kb=46541704
+mem_kb=24684092
+uid=1000
+sudo=1
+systemd=0
+@@gpurig-gpu-fact
+@@pci
+sysfs
+@@driver
+@@smi
+@@secureboot
+no-efi
+@@modules
+@@kernel
+6.1.0-25-cloud-amd64
+module=
+@@packages
+@@init
+container
+@@gpurig-apt-sources
+##PYINFRA_FILE /etc/apt/sources.list
+deb http://deb.debian.org/debian bookworm main
+"""
+H100_PCI = '0000:00:05.0 "0302" "10de" "2330" -ra1 "10de" "16c1"'
+
+
+def _host(text: str = BOOKWORM, **changes: str) -> str:
+    for key, value in changes.items():
+        text = "\n".join(
+            f"{key}={value}" if line.startswith(f"{key}=") else line for line in text.splitlines()
+        )
+    return text + "\n"
+
+
+def _with_gpu(text: str) -> str:
+    return text.replace("@@pci\nsysfs\n", f"@@pci\nlspci\n{H100_PCI}\n")
+
+
+@pytest.fixture(autouse=True)
+def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wheel:
+    wheel = Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)
+    monkeypatch.setattr(ansible_bridge, "_build_wheel", lambda: wheel)
+    return wheel
+
+
+def _plan(stdout: str, values: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return ansible_bridge.plan(stdout, STACK, LOCK, values or {}, **kw)
+
+
+def test_the_probe_is_the_pyinfra_deploys() -> None:
+    from gpurig.facts.gpu import GpuHost
+    from gpurig.facts.system import HostProbe
+
+    shell, flag, script = shlex.split(ansible_bridge.probe_command("/opt/gpurig/venv"))
+    assert (shell, flag) == ("/bin/sh", "-c")
+    assert HostProbe().command("/opt/gpurig/venv").strip() in script
+    assert GpuHost().command().strip() in script
+
+
+def test_parse_probe_reads_a_bookworm_host() -> None:
+    probed = ansible_bridge.parse_probe(BOOKWORM)
+    assert (probed.facts.os_id, probed.facts.os_version) == ("debian", "12")
+    assert probed.facts.python3 == "3.11"
+    assert probed.facts.gpus == []
+    assert probed.facts.sudo
+    assert not probed.facts.systemd
+    assert probed.sources[0]["distribution"] == "bookworm"
+
+
+def test_parse_probe_refuses_empty_output() -> None:
+    with pytest.raises(ansible_bridge.GpurigError, match="no facts"):
+        ansible_bridge.parse_probe("bash: oops\n")
+
+
+def test_plan_for_a_cpu_host_matches_the_pyinfra_deploy(fake_wheel: Wheel) -> None:
+    plan = _plan(_host())
+    stack = spec.load(STACK)
+    target = lock.load(LOCK).targets["cpu-cp311"]
+    assert plan["ok"], plan["problems"]
+    assert plan["target"] == "cpu-cp311"
+    assert plan["python_request"] == "/usr/bin/python3"
+    assert plan["venv_dir"] == hostlayout.Layout(stack).venv_dir(target, fake_wheel.sha256)
+    # Byte for byte what the pyinfra stages write.
+    assert plan["environment_file"] == system_stage.environment_file(stack)
+    assert plan["profile_script"] == py_stage.profile_script(stack)
+    marker = json.loads(plan["marker"])
+    assert marker == {
+        "venv_id": hostlayout.venv_id(target, fake_wheel.sha256),
+        "target": "cpu-cp311",
+        "lock_sha256": target.sha256,
+        "bloomkit_sha256": fake_wheel.sha256,
+        "python": "3.11",
+        "torch": target.torch,
+    }
+    assert plan["requirements_text"].endswith(fake_wheel.requirement + "\n")
+    assert plan["uv_args"][-2:] == ["--find-links", hostlayout.WHEEL_DIR]
+    assert [w["name"] for w in plan["local_wheels"]] == list(target.local_wheels)
+    assert "runuser -l gpurig" in plan["smoke_command"]
+    assert "--require-gpu" not in plan["smoke_command"]
+    json.dumps(plan)  # everything is plain data for Ansible
+
+
+def test_plan_for_a_gpu_less_trixie_host_takes_the_cuda_build() -> None:
+    plan = _plan(_host(os_version="13", python3="3.13"))
+    assert plan["ok"], plan["problems"]
+    assert plan["target"] == "cu130-cp313"
+    assert any("runs on the CPU" in note for note in plan["notes"])
+
+
+def test_plan_for_a_gpu_host_carries_the_gpu_layers_driver_plan() -> None:
+    plan = _plan(_with_gpu(_host()))
+    assert plan["ok"], plan["problems"]
+    assert plan["has_gpu"]
+    assert plan["install_driver"]
+    assert plan["target"] == "cu130-cp311"
+    driver = plan["driver"]
+    assert driver["source"] == "cuda"  # bookworm's archive has 535, the spec asks for 580
+    assert driver["packages"] == ["cuda-drivers-580"]
+    assert driver["headers"][0] == "linux-headers-6.1.0-25-cloud-amd64"
+    assert not driver["can_reboot"]  # a container
+    assert "--require-gpu" in plan["smoke_command"]
+
+
+def test_inventory_overrides_reach_the_verdict() -> None:
+    plan = _plan(_host(), {"gpurig_nvidia_require_gpu": True})
+    assert not plan["ok"]
+    assert any("require_gpu" in p for p in plan["problems"])
+    assert plan["overrides"] == {"nvidia": {"require_gpu": True}}
+
+
+def test_overriding_a_lock_input_is_refused() -> None:
+    plan = _plan(_host(), {"gpurig_python_versions": ["3.11"]})
+    assert not plan["ok"]
+    assert any("gpurig resolve" in p for p in plan["problems"])
+
+
+def test_a_stale_render_is_refused() -> None:
+    with pytest.raises(UsageError, match="gpurig render"):
+        _plan(_host(), render_sha256="0" * 64)
+    stack = spec.load(STACK)
+    fresh = ansible_render.render_sha256(stack, lock.load(LOCK))
+    assert _plan(_host(), render_sha256=fresh)["ok"]
+
+
+def test_fleet_summary_writes_reasons_and_the_run_file(tmp_path: Path) -> None:
+    report.write(tmp_path, "good", {"verdict": "pass", "env": {"os": "Debian 12"}})
+    report.write(tmp_path, "bad", {"verdict": "fail", "failures": ["llm: loss is nan"]})
+    refused = _plan(_host(), {"gpurig_nvidia_require_gpu": True})
+    outcomes = {
+        "good": ansible_bridge.HostOutcome("pass", {"ok": True}),
+        "bad": ansible_bridge.HostOutcome("fail", {"ok": True}, 1, "Fail the host: smoke fail"),
+        "apt": ansible_bridge.HostOutcome(None, {"ok": True}, None, "Install packages: E: 404"),
+        "refused": ansible_bridge.HostOutcome(None, refused),
+        "gone": ansible_bridge.HostOutcome(None, None),
+        "timed-out": ansible_bridge.HostOutcome("no report", {"smoke_timeout_s": 900}, 124),
+        "checked": ansible_bridge.HostOutcome("skipped", {"ok": True}),
+    }
+    ok, lines = ansible_bridge.fleet_summary(tmp_path, outcomes, started=1.0)
+    assert not ok
+    text = "\n".join(lines)
+    assert "1 of 7 host(s) passed, 1 skipped, 5 failed" in text
+    assert "refused fail: preflight:" in text
+    assert "timed out after 900 s" in text
+    assert "bad fail: llm: loss is nan" in text  # bloomkit's own report is kept
+    assert "apt fail: failed at Install packages: E: 404" in text
+    run = json.loads((tmp_path / report.RUN_FILE).read_text())
+    assert run["hosts"]["checked"]["status"] == "skipped"
+    assert run["hosts"]["gone"]["status"] == "failed"
+    assert [r.host for r in report.load_run(tmp_path)] == list(outcomes)

@@ -1,0 +1,384 @@
+"""gpurig's operations, the pyinfra way: facts in, expected commands out; a noop with its reason
+when the host already matches (pyinfra's own tests/test_operations.py does the same)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.context import ctx_host
+from pyinfra.facts.deb import DebPackages
+
+from gpurig.facts.system import (
+    Account,
+    FileInfo,
+    FileSizes,
+    FileState,
+    ManagedPython,
+    PasswdEntry,
+    Venvs,
+    VenvState,
+    marker_json,
+)
+from gpurig.operations import apt, control, files, python, smoke, users, venv
+
+
+@dataclass
+class FakeHost:
+    """What operations touch of a pyinfra Host: facts, noop, temp names."""
+
+    facts: dict[type, Any]
+    name: str = "host-1"
+    noops: list[str] = field(default_factory=list)
+    fact_calls: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+
+    def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:
+        self.fact_calls.append((cls, kwargs))
+        return self.facts[cls]
+
+    def noop(self, description: str) -> None:
+        self.noops.append(description)
+
+    def get_temp_filename(self, key: str | None = None, **_: Any) -> str:
+        return f"/tmp/pyinfra-{abs(hash(key)) % 1000}"
+
+
+def run_op(op: Any, facts: dict[type, Any], **kwargs: Any) -> tuple[list[Any], FakeHost]:
+    fake = FakeHost(facts)
+    with ctx_host.use(fake):
+        commands = list(op._inner(**kwargs))
+    return commands, fake
+
+
+def text(command: Any) -> str:
+    return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
+
+
+# apt ------------------------------------------------------------------------------------------
+
+
+def test_apt_installs_only_the_missing_with_a_bounded_lock_wait() -> None:
+    installed = {"ca-certificates": ["20230311"], "python3": ["3.11.2-1"]}
+    commands, _ = run_op(
+        apt.packages, {DebPackages: installed}, packages=["ca-certificates", "git", "curl=8.*"]
+    )
+    assert len(commands) == 1
+    line = text(commands[0])
+    assert "apt-get -q -o DPkg::Lock::Timeout=120" in line
+    assert line.count("DPkg::Lock::Timeout=120") == 2  # update and install both wait
+    assert line.endswith("install -y --no-install-recommends git 'curl=8.*'")
+    assert "ca-certificates" not in line.split("install")[-1]
+
+
+def test_apt_noop_when_everything_is_installed() -> None:
+    commands, fake = run_op(
+        apt.packages, {DebPackages: {"git": ["1"], "ca-certificates": ["2"]}}, packages=["git"]
+    )
+    assert commands == []
+    assert fake.noops == ["apt packages are installed: git"]
+
+
+# pushed files ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    a = tmp_path / "a-1-py3-none-any.whl"
+    b = tmp_path / "b-1-py3-none-any.whl"
+    a.write_bytes(b"a" * 10)
+    b.write_bytes(b"b" * 20)
+    return {a.name: (str(a), "aa" * 32), b.name: (str(b), "bb" * 32)}
+
+
+def test_push_uploads_missing_and_wrong_size_files_then_checks_hashes(
+    wheels: dict[str, tuple[str, str]],
+) -> None:
+    sizes = {"a-1-py3-none-any.whl": 10, "b-1-py3-none-any.whl": 19}  # b was cut short
+    commands, _ = run_op(files.pushed, {FileSizes: sizes}, files=wheels, directory="/w")
+    uploads = [c for c in commands if isinstance(c, FileUploadCommand)]
+    assert [u.dest for u in uploads] == ["/w/b-1-py3-none-any.whl"]
+    check = text(commands[-1])
+    assert f"{'bb' * 32}  b-1-py3-none-any.whl" in check
+    assert "sha256sum --check" in check
+    assert "rm -f b-1-py3-none-any.whl" in check  # a corrupt upload does not survive
+
+
+def test_push_is_a_noop_when_sizes_match(wheels: dict[str, tuple[str, str]]) -> None:
+    sizes = {"a-1-py3-none-any.whl": 10, "b-1-py3-none-any.whl": 20, "other.whl": 5}
+    commands, fake = run_op(files.pushed, {FileSizes: sizes}, files=wheels, directory="/w")
+    assert commands == []
+    assert fake.noops == ["2 file(s) in /w"]
+
+
+# the locked venv ------------------------------------------------------------------------------
+
+VENVS = "/opt/gpurig/venvs"
+NEW = f"{VENVS}/cpu-cp311-aaaaaaaaaaaa"
+OLD = f"{VENVS}/cpu-cp311-bbbbbbbbbbbb"
+OLDER = f"{VENVS}/cpu-cp311-cccccccccccc"
+MARKER = marker_json({"venv_id": "cpu-cp311-aaaaaaaaaaaa", "target": "cpu-cp311"})
+
+
+def plan() -> venv.VenvPlan:
+    return venv.VenvPlan(
+        link="/opt/gpurig/venv",
+        venvs_dir=VENVS,
+        venv_dir=NEW,
+        requirements="torch==2.13.0+cpu --hash=sha256:00\n",
+        requirements_path="/var/cache/gpurig/requirements/cpu-cp311-aaaaaaaaaaaa.txt",
+        python="/usr/bin/python3",
+        marker=MARKER,
+        check="import torch",
+        source_args=["--index-url", "https://pypi.org/simple"],
+        env={"UV_PYTHON_PREFERENCE": "only-managed"},
+        env_file="/etc/gpurig/environment",
+    )
+
+
+def test_fresh_host_uploads_requirements_then_builds_and_swaps() -> None:
+    commands, _ = run_op(venv.locked_venv, {VenvState: Venvs()}, plan=plan())
+    assert isinstance(commands[0], FileUploadCommand)
+    assert commands[0].dest == plan().requirements_path
+    assert commands[0].src.read() == plan().requirements
+    script = text(commands[1])
+    assert "uv pip sync" in script
+    assert "--require-hashes" in script
+    assert "UV_PYTHON_PREFERENCE=only-managed /usr/local/bin/uv pip sync" in script
+    # Certificates and proxy come from the environment file, never on a command line.
+    assert "set -a; . /etc/gpurig/environment; set +a" in script
+    # The marker is written last, after the import check; then the link moves by rename.
+    order = [
+        script.index("pip sync"),
+        script.index("import torch"),
+        script.index('"$M.tmp"'),
+        script.index('mv -T "$LINK.gpurig-new" "$LINK"'),
+    ]
+    assert order == sorted(order)
+
+
+def test_complete_live_venv_is_a_noop() -> None:
+    state = Venvs(live=NEW, mtimes={NEW: 2, OLD: 1}, markers={NEW: MARKER})
+    commands, fake = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    assert commands == []
+    assert fake.noops == [f"/opt/gpurig/venv -> {NEW} is complete"]
+
+
+def test_interrupted_build_is_rebuilt_while_the_old_venv_stays_live() -> None:
+    # NEW has no marker: a cut-off install. OLD is live and is kept for rollback.
+    state = Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={OLD: "{}"})
+    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    script = text(commands[-1])
+    assert 'rm -rf "$D"' in script
+    assert f"KEEP={OLD}" in script
+
+
+def test_complete_but_not_live_venv_is_swapped_in_without_a_build() -> None:
+    state = Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={NEW: MARKER, OLD: "{}"})
+    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    assert len(commands) == 1
+    script = text(commands[0])
+    assert "pip sync" not in script
+    assert 'mv -T "$LINK.gpurig-new" "$LINK"' in script
+
+
+def test_older_venvs_are_removed_keeping_one_for_rollback() -> None:
+    state = Venvs(live=NEW, mtimes={NEW: 3, OLD: 2, OLDER: 1}, markers={NEW: MARKER})
+    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    script = text(commands[0])
+    assert f"KEEP={OLD}" in script
+    assert "pip sync" not in script
+
+
+def test_a_directory_at_the_live_path_is_replaced_by_the_link() -> None:
+    state = Venvs(live_is_dir=True, mtimes={NEW: 1}, markers={NEW: MARKER})
+    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    assert 'mv -T "$LINK" "$KEEP"' in text(commands[0])
+
+
+# the service user ---------------------------------------------------------------------------
+
+
+def test_service_user_is_created_once_and_corrected() -> None:
+    commands, _ = run_op(
+        users.service_user, {PasswdEntry: None}, user="gpurig", home="/var/lib/gpurig"
+    )
+    assert text(commands[0]) == (
+        "useradd --system --user-group --create-home --home-dir /var/lib/gpurig "
+        "--shell /bin/bash gpurig"
+    )
+    existing = Account("gpurig", "/var/lib/gpurig", "/usr/sbin/nologin")
+    commands, _ = run_op(
+        users.service_user, {PasswdEntry: existing}, user="gpurig", home="/var/lib/gpurig"
+    )
+    assert text(commands[0]) == "usermod --shell /bin/bash gpurig"
+    good = Account("gpurig", "/var/lib/gpurig", "/bin/bash")
+    commands, fake = run_op(
+        users.service_user, {PasswdEntry: good}, user="gpurig", home="/var/lib/gpurig"
+    )
+    assert commands == []
+    assert fake.noops == ["user gpurig exists"]
+
+
+def test_passwd_entry_parses_getent() -> None:
+    line = "gpurig:x:999:996::/var/lib/gpurig:/bin/bash"
+    assert PasswdEntry().process([line]) == Account("gpurig", "/var/lib/gpurig", "/bin/bash")
+    assert PasswdEntry().process([]) is None
+
+
+# uv's Python ----------------------------------------------------------------------------------
+
+
+def test_managed_python_installs_once() -> None:
+    commands, _ = run_op(
+        python.managed_python, {ManagedPython: None}, version="3.12", install_dir="/opt/py"
+    )
+    assert (
+        text(commands[0]) == "UV_PYTHON_INSTALL_DIR=/opt/py /usr/local/bin/uv python install 3.12"
+    )
+    commands, fake = run_op(
+        python.managed_python,
+        {ManagedPython: "/opt/py/cpython-3.12.9-linux-x86_64-gnu/bin/python3.12"},
+        version="3.12",
+        install_dir="/opt/py",
+    )
+    assert commands == []
+    assert fake.noops[0].startswith("Python 3.12 is installed")
+
+
+# stopping a host ------------------------------------------------------------------------------
+
+
+def test_stop_host_fails_the_host_with_its_reason() -> None:
+    control.FAILURES.clear()
+    commands, _ = run_op(control.stop_host, {}, reason="preflight: ubuntu 20.04 unsupported")
+    (command,) = commands
+    assert isinstance(command, FunctionCommand)
+
+    @dataclass
+    class Logged(FakeHost):
+        lines: list[str] = field(default_factory=list)
+
+        def log_styled(self, message: str, **_: Any) -> None:
+            self.lines.append(message)
+
+    target = Logged({}, name="old-box")
+    # Through pyinfra's own call: it passes state and host only to parameters so named.
+    assert command.execute(None, target, {}) is False  # type: ignore[arg-type]
+    assert control.FAILURES == {"old-box": "preflight: ubuntu 20.04 unsupported"}
+    assert target.lines == ["preflight: ubuntu 20.04 unsupported"]
+
+
+# smoke ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    output_lines: list[str]
+
+
+class SmokeHost(FakeHost):
+    def __init__(self, lines: list[str], remote_report: dict[str, Any] | None) -> None:
+        super().__init__({}, name="gpu-1")
+        self.lines = lines
+        self.remote_report = remote_report
+        self.commands: list[str] = []
+        self.logged: list[str] = []
+
+    def run_shell_command(self, command: StringCommand, **kwargs: Any) -> tuple[bool, Output]:
+        assert kwargs["_sudo"] is True
+        self.commands.append(command.get_raw_value())
+        return True, Output(self.lines)
+
+    def get_file(self, remote: str, local: str, **_: Any) -> bool:
+        if self.remote_report is None:
+            return False
+        Path(local).write_text(json.dumps(self.remote_report))
+        return True
+
+    def log_styled(self, message: str, **_: Any) -> None:
+        self.logged.append(message)
+
+
+def smoke_run(tmp_path: Path) -> smoke.SmokeRun:
+    return smoke.SmokeRun(
+        user="gpurig",
+        report="/var/lib/gpurig/smoke.json",
+        timeout_s=900,
+        args=["--model", "tiny", "--require-gpu"],
+        reports_dir=str(tmp_path / "reports"),
+    )
+
+
+def test_smoke_runs_as_the_service_user_in_a_login_shell(tmp_path: Path) -> None:
+    line = smoke.command(smoke_run(tmp_path))
+    assert "timeout -k 15 900 runuser -l gpurig -c" in line
+    assert "'bloomkit smoke --json /var/lib/gpurig/smoke.json --model tiny --require-gpu'" in line
+
+
+def test_a_passing_report_is_fetched_and_the_host_passes(tmp_path: Path) -> None:
+    remote = {"verdict": "pass", "host": "h", "duration_s": 12.5, "env": {}, "stages": []}
+    fake = SmokeHost(["...", "gpurig-smoke-exit=0"], remote)
+    seen: list[str] = []
+    (command,), _ = run_op(smoke.smoke, {}, run=smoke_run(tmp_path), on_report=seen.append)
+    assert command.execute(None, fake, {}) is True
+    assert json.loads((tmp_path / "reports" / "gpu-1.json").read_text()) == remote
+    assert seen == ["gpu-1"]
+
+
+def test_a_failing_report_fails_the_host_after_it_is_fetched(tmp_path: Path) -> None:
+    control.FAILURES.clear()
+    remote = {"verdict": "fail", "failures": ["gemm: 120 TFLOP/s < 70% of H100's 989"]}
+    fake = SmokeHost(["gpurig-smoke-exit=1"], remote)
+    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    assert (tmp_path / "reports" / "gpu-1.json").exists()
+    assert control.FAILURES["gpu-1"] == "smoke: gemm: 120 TFLOP/s < 70% of H100's 989"
+
+
+def test_a_smoke_timeout_without_a_report_says_so(tmp_path: Path) -> None:
+    fake = SmokeHost(["gpurig-smoke-exit=124"], None)
+    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    written = json.loads((tmp_path / "reports" / "gpu-1.json").read_text())
+    assert written["source"] == "gpurig"
+    assert written["failures"] == [
+        "smoke: timed out after 900 s (smoke.timeout_s) and wrote no report"
+    ]
+
+
+def test_a_crash_without_a_report_keeps_the_last_line(tmp_path: Path) -> None:
+    fake = SmokeHost(["-bash: line 1: bloomkit: command not found", "gpurig-smoke-exit=127"], None)
+    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    written = json.loads((tmp_path / "reports" / "gpu-1.json").read_text())
+    assert written["failures"] == [
+        "smoke: exited 127 without a report: -bash: line 1: bloomkit: command not found"
+    ]
+
+
+# config files ---------------------------------------------------------------------------------
+
+
+def test_installed_file_uploads_and_runs_its_follow_up() -> None:
+    commands, _ = run_op(
+        files.installed, {FileState: None}, src=b"CA", dest="/usr/local/x.crt", then="update"
+    )
+    assert isinstance(commands[1], FileUploadCommand)
+    assert [text(c) for c in commands[2:]] == [
+        "chmod 644 /usr/local/x.crt",
+        "chown root:root /usr/local/x.crt",
+        "update",
+    ]
+
+
+def test_installed_file_fixes_only_the_mode_without_the_follow_up() -> None:
+    digest = hashlib.sha256(b"CA").hexdigest()
+    state = {FileState: FileInfo("600", "root:root", digest)}
+    commands, _ = run_op(files.installed, state, src=b"CA", dest="/x.crt", then="update")
+    assert [text(c) for c in commands] == ["chmod 644 /x.crt"]
+    state = {FileState: FileInfo("644", "root:root", digest)}
+    commands, fake = run_op(files.installed, state, src=b"CA", dest="/x.crt", then="update")
+    assert commands == []
+    assert fake.noops == ["/x.crt is up to date"]
