@@ -38,6 +38,9 @@ from gpurig.spec import Stack
 VENV_PYTHON = "bin/python"
 SYSTEM_PYTHON = "/usr/bin/python3"
 NO_REPORT = "no report"  # the smoke role's verdict when bloomkit wrote none
+# The OS dispatch of the roles (vars/<distribution>.yml, setup-<os_family>.yml), from the probe:
+# no second fact-gathering round trip.
+OS_NAMES = {"debian": ("Debian", "Debian"), "ubuntu": ("Ubuntu", "Debian")}
 # Split the output of the probes sent in one round trip.
 GPU_SECTION = "@@gpurig-gpu-fact"
 SOURCES_SECTION = "@@gpurig-apt-sources"
@@ -210,6 +213,8 @@ def plan(
         "notes": verdict.notes,
         "facts": asdict(facts),
         "os_name": facts.os_name,
+        "distribution": OS_NAMES.get(facts.os_id, (facts.os_id.capitalize(), ""))[0],
+        "os_family": OS_NAMES.get(facts.os_id, ("", facts.os_id.capitalize()))[1],
         "has_gpu": bool(facts.gpus),
         "systemd": facts.systemd,
         "install_driver": verdict.install_driver,

@@ -106,6 +106,7 @@ def test_plan_for_a_cpu_host_matches_the_pyinfra_deploy(fake_wheel: Wheel) -> No
     target = lock.load(LOCK).targets["cpu-cp311"]
     assert plan["ok"], plan["problems"]
     assert plan["target"] == "cpu-cp311"
+    assert (plan["distribution"], plan["os_family"]) == ("Debian", "Debian")  # role OS dispatch
     assert plan["python_request"] == "/usr/bin/python3"
     assert plan["venv_dir"] == hostlayout.Layout(stack).venv_dir(target, fake_wheel.sha256)
     # Byte for byte what the pyinfra stages write.

@@ -203,7 +203,7 @@ def test_the_launch_command_runs_as_the_service_user_and_is_bounded() -> None:
     assert line.startswith("sudo -n sh -c ")
     assert line.endswith(" 2>&1")
     inner = shlex.split(line)[4]
-    assert "rm -rf /var/lib/gpurig/cluster/trio && install -d -o gpurig -g gpurig" in inner
+    assert "rm -rf /var/lib/gpurig/cluster/trio && install -d -o gpurig -m 755" in inner
     assert f"echo {command.PID_LINE}$$" in inner
     assert "exec timeout -k 10 300 runuser -l gpurig -c " in inner
     launch = shlex.split(inner.split("-c ", 1)[1])[0]
@@ -263,3 +263,11 @@ def test_ssh_refuses_unknown_host_keys(tmp_path: Path) -> None:
     )
     with pytest.raises(GpurigError, match="cannot read known_hosts"):
         missing.connect()
+
+
+def test_the_launch_runs_as_the_specs_service_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPURIG_STACK", str(Path(__file__).resolve().parents[2] / "stack.yml"))
+    assert command.service_user() == "gpurig"
+    monkeypatch.setenv("GPURIG_STACK", "/nonexistent/stack.yml")
+    with pytest.raises(GpurigError, match="or pass --user"):
+        command.service_user()

@@ -327,7 +327,11 @@ def busbw_expectation(
         if board is not None and local_ranks == 8:
             return board[0] * fraction, f"{fraction:.0%} of {board[1]}"
         if peak is not None and peak.busbw_min_gbs is not None:
-            return peak.busbw_min_gbs, (
+            # Fewer GPUs of the board: the single-host NCCL stage's rule, never above 8 GPUs'.
+            minimum = peak.busbw_min_gbs
+            if board is not None and board[0] * fraction < minimum:
+                return board[0] * fraction, f"{fraction:.0%} of {board[1]} (as for 8 GPUs)"
+            return minimum, (
                 f"{peaks.BUSBW_FRACTION:.0%} of {peak.sku}'s NVLink {peak.nvlink_gbs:g} GB/s "
                 f"per direction ({local_ranks} GPUs on one board)"
             )

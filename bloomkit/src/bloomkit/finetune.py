@@ -141,7 +141,9 @@ def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     transformers.utils.logging.disable_progress_bar()  # weight-shard bars; Trainer's stays
-    state = PartialState()
+    # On CPUs accelerate sees torchrun's ranks only when told it runs on CPUs (gloo); without it
+    # every CPU rank believed it was the main process and wrote OUTPUT.
+    state = PartialState(cpu=default_device().type == "cpu")
     state.wait_for_everyone()  # rank 0 has cleared or copied OUTPUT.partial
     is_main = state.is_main_process
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)

@@ -45,7 +45,6 @@ KILL_WAIT_S = 10.0  # after SIGTERM, before SIGKILL
 DEFAULT_TIMEOUT_S = 900
 PID_LINE = "gpurig-launch-pid="
 FILE_MARK = "@@gpurig-file "
-SERVICE_USER = "gpurig"
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -243,7 +242,7 @@ def launch_command(
     steps = []
     if reports:
         folder = shlex.quote(reports)
-        steps.append(f"rm -rf {folder} && install -d -o {user} -g {user} -m 755 {folder}")
+        steps.append(f"rm -rf {folder} && install -d -o {user} -m 755 {folder}")
     steps.append(f"echo {PID_LINE}$$")
     steps.append(
         f"exec timeout -k {int(KILL_WAIT_S)} {int(deadline_s)} runuser -l {shlex.quote(user)} "
@@ -501,9 +500,13 @@ def split_files(text: str) -> dict[str, str]:
 
 
 def fleet_record(
-    node_cluster: cluster.Cluster, outcome: RunOutcome, reports_by_rank: dict[int, Any]
+    node_cluster: cluster.Cluster,
+    outcome: RunOutcome,
+    reports_by_rank: dict[int, Any],
+    expect_fleet: bool = True,
 ) -> dict[str, Any]:
-    """cluster.json: the nodes, bloomkit's fleet verdict (from node 0) and the controller's."""
+    """cluster.json: the nodes, bloomkit's fleet verdict (from node 0, when `expect_fleet`:
+    a smoke run) and the controller's."""
     bloomkit_fleet = next(
         (
             json.loads(n.files["fleet.json"])
@@ -515,7 +518,7 @@ def fleet_record(
     failures = [f"{n.name} (node {n.node_rank}): {n.reason}" for n in outcome.cause]
     if bloomkit_fleet is not None and bloomkit_fleet.get("verdict") != "pass":
         failures += [str(f) for f in bloomkit_fleet.get("failures", [])]
-    if outcome.stage == "launch" and bloomkit_fleet is None and outcome.ok:
+    if expect_fleet and outcome.stage == "launch" and bloomkit_fleet is None and outcome.ok:
         failures.append("node 0 wrote no fleet report")
     busbw = None
     for report_data in reports_by_rank.values():
@@ -569,7 +572,7 @@ def rank_reports(outcome: RunOutcome) -> dict[int, Any]:
 
 
 def print_outcome(record: dict[str, Any], reports_by_rank: dict[int, Any], out: Console) -> None:
-    table = Table("node", "host", "status", "seconds", "ranks", "why", box=None)
+    table = Table("node", "host", "status", "seconds", "ranks", box=None)
     ranks_on: dict[str, list[str]] = {}
     for rank, data in sorted(reports_by_rank.items()):
         ranks_on.setdefault(str(data.get("host")), []).append(
@@ -583,7 +586,6 @@ def print_outcome(record: dict[str, Any], reports_by_rank: dict[int, Any], out: 
             f"[{style}]{node['status'].upper()}[/]",
             "-" if node["seconds"] is None else f"{node['seconds']:.0f}",
             " ".join(ranks_on.get(node["name"], [])) or "-",
-            node["reason"],
         )
     out.print(table)
     verdict = record["verdict"].upper()
@@ -617,7 +619,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=DEFAULT_TIMEOUT_S,
             help=f"seconds for the whole run (default {DEFAULT_TIMEOUT_S})",
         )
-        sub.add_argument("--user", default=SERVICE_USER, help="service user the launch runs as")
+        sub.add_argument(
+            "--user", help="service user the launch runs as (default: stack.yml host.user)"
+        )
     smoke.add_argument("--quick", action="store_true", help="bloomkit smoke --quick")
     smoke.add_argument(
         "--reports", type=Path, help=f"report folder (default: ${ENV_REPORTS} or reports)"
@@ -669,6 +673,17 @@ def load_clusters(inventory: str) -> dict[str, cluster.Cluster]:
     return cluster.find_clusters(members, groups, os.environ.get(cluster.ENV_CLUSTER))
 
 
+def service_user() -> str:
+    """stack.yml's host.user (GPURIG_STACK, else ./stack.yml): who runs training on the hosts."""
+    from gpurig import spec
+    from gpurig.deploys import stack_path
+
+    try:
+        return spec.load(stack_path()).host.user
+    except GpurigError as error:
+        raise UsageError(f"the service user: {error} (or pass --user)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     clusters = load_clusters(args.inventory)
     if args.action == "list":
@@ -677,16 +692,15 @@ def run(args: argparse.Namespace) -> int:
     extra = list(args.bloomkit_args or [])
     remotes = [SshRemote(m) for m in chosen.members]
     users = {m.name: m.data.get("ssh_user") for m in chosen.members}
+    if args.action == "run" and not extra:
+        raise UsageError("what to run: gpurig cluster run -- finetune --data FILE ...")
+    args.user = args.user or service_user()
     if args.action == "run":
-        if not extra:
-            raise UsageError("what to run: gpurig cluster run -- finetune --data FILE ...")
         outcome = run_on_cluster(
             chosen, remotes, extra, user=args.user, deadline_s=args.timeout,
             ssh_users=users, say=console.print,
         )  # fmt: skip
-        record = fleet_record(chosen, outcome, {})
-        record["failures"] = [f for f in record["failures"] if "fleet report" not in f]
-        record["verdict"] = "pass" if outcome.ok else "fail"
+        record = fleet_record(chosen, outcome, {}, expect_fleet=False)
         print_outcome(record, {}, console)
         return 0 if outcome.ok else 1
     folder = f"{cluster.REPORTS_DIR}/{chosen.name}"

@@ -1,8 +1,9 @@
 """Stage 1, preflight: facts only, before any change.
 
-One fact (one round trip) reads the host; `gpurig.preflight.evaluate` decides, as it does for
-`gpurig preflight` and the Ansible role. A host with a problem gets a single operation that
-stops it with the reason; the deploy adds nothing else for it, and the other hosts go on.
+Two facts (one round trip each: the system, and the GPU layer's) read the host;
+`gpurig.preflight.evaluate` decides, as it does for `gpurig preflight` and the Ansible role.
+A host with a problem gets a single operation that stops it with the reason; the deploy adds
+nothing else for it, and the other hosts go on.
 """
 
 from __future__ import annotations
@@ -93,10 +94,3 @@ def current_verdict() -> Verdict:
     if not isinstance(verdict, Verdict) or not verdict.ok or verdict.target is None:
         raise RuntimeError(f"{PREFIX}verdict is missing: run the preflight deploy first")
     return verdict
-
-
-def current_facts() -> HostFacts:
-    facts = host.data.get(FACTS_KEY)
-    if not isinstance(facts, HostFacts):
-        raise RuntimeError(f"{FACTS_KEY} is missing: run the preflight deploy first")
-    return facts
