@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -203,6 +204,7 @@ def main() -> int:
     finally:
         if not args.keep:
             fleet.down()
+            shutil.rmtree(state_dir, ignore_errors=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     print(f"wrote {args.out}")

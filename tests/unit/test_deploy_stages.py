@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpurig import lock, spec
+from gpurig import hostlayout, lock, spec
 from gpurig.deploys import llm_env, preflight, python, system
 from gpurig.preflight import HostFacts, Verdict
 
@@ -165,3 +165,17 @@ def test_offline_hosts_need_their_own_python(
     (problem,) = preflight.deploy_problems(offline, Verdict(uv_python=True, python="3.11"))
     assert problem.startswith("offline install needs the distribution's python3")
     assert preflight.deploy_problems(offline, Verdict(python="3.11")) == []
+
+
+def test_the_venv_marker_records_what_the_end_state_lists(tmp_path: Path) -> None:
+    locked = lock.load(REPO_ROOT / "lock")
+    target = locked.targets["cpu-cp311"]
+    wheel = llm_env.Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)
+    marker = llm_env.venv_marker(target, wheel, "3.11")
+    assert marker["venv_id"] == hostlayout.venv_id(target, "ab" * 32)
+    assert (marker["target"], marker["lock_sha256"], marker["python"]) == (
+        "cpu-cp311",
+        target.sha256,
+        "3.11",
+    )
+    assert marker["bloomkit_sha256"] == "ab" * 32

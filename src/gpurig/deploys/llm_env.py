@@ -3,8 +3,8 @@
 Online, hosts install from the lock's indexes; wheels only the controller has (a local torch
 build, the bloomkit wheel) are pushed to /var/cache/gpurig/wheels first. Offline
 (install.offline), the controller fills install.wheelhouse with every wheel of the host's
-target (pip download, hash-checked against the lock), pushes those, and uv installs with no
-index at all.
+target (pip download, hash-checked against the lock; when the deploy file loads, so under
+--dry too), pushes those, and uv installs with no index at all.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
 from gpurig import compat, lock
+from gpurig.bloomkit_wheel import Wheel
 from gpurig.deploys import SPEC_DEFAULTS, controller, host_stack
 from gpurig.deploys.preflight import current_verdict
 from gpurig.deploys.python import uv_settings
@@ -55,6 +56,18 @@ def import_check(target: Target) -> str:
             f"assert torch.version.cuda == {cuda!r}, 'torch CUDA ' + str(torch.version.cuda)",
         ]
     )
+
+
+def venv_marker(target: Target, wheel: Wheel, python: str) -> dict[str, str]:
+    """gpurig-venv.json: what a complete venv was built from (docs/host-end-state.md)."""
+    return {
+        "venv_id": venv_id(target, wheel.sha256),
+        "target": target.name,
+        "lock_sha256": target.sha256,
+        "bloomkit_sha256": wheel.sha256,
+        "python": python,
+        "torch": target.torch,
+    }
 
 
 def pushed_wheels(target: Target) -> PushList:
@@ -183,14 +196,6 @@ def llm_env() -> None:
     files.directory(name="Keep what each venv is built from", path=REQUIREMENTS_DIR, mode="755")
     requirements = ctl.lock.requirements(target).read_text().rstrip("\n") + "\n"
     identity = venv_id(target, wheel.sha256)
-    marker = {
-        "venv_id": identity,
-        "target": target.name,
-        "lock_sha256": target.sha256,
-        "bloomkit_sha256": wheel.sha256,
-        "python": verdict.python,
-        "torch": target.torch,
-    }
     plan = VenvPlan(
         link=Layout(stack).venv_link,
         venvs_dir=Layout(stack).venvs_dir,
@@ -198,7 +203,7 @@ def llm_env() -> None:
         requirements=requirements + wheel.requirement + "\n",
         requirements_path=f"{REQUIREMENTS_DIR}/{identity}.txt",
         python=verdict.python if verdict.uv_python else "/usr/bin/python3",
-        marker=marker_json(marker),
+        marker=marker_json(venv_marker(target, wheel, verdict.python)),
         check=import_check(target),
         source_args=source_args,
         env=uv_settings(managed=verdict.uv_python),
