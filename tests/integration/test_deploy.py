@@ -116,9 +116,23 @@ def bookworm(sandbox_fleet: Callable[..., SandboxFleet]) -> SandboxFleet:
 
 
 @pytest.fixture(scope="module")
-def fresh_bookworm(bookworm: SandboxFleet, tmp_path_factory: pytest.TempPathFactory) -> Deploy:
-    """The first deploy of a fresh host, while something holds the dpkg lock for a while (as
-    unattended-upgrades does on a fresh cloud VM)."""
+def dry_on_fresh(
+    bookworm: SandboxFleet, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Deploy, int]:
+    """`gpurig deploy --dry` on the fresh host, and whether /opt/gpurig exists after it."""
+    dry = gpurig_deploy(bookworm, tmp_path_factory.mktemp("dry-reports"), "--dry")
+    code, _ = bookworm.ssh(bookworm.hosts[0].name, "test -e /opt/gpurig")
+    return dry, code
+
+
+@pytest.fixture(scope="module")
+def fresh_bookworm(
+    bookworm: SandboxFleet,
+    dry_on_fresh: tuple[Deploy, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Deploy:
+    """The first deploy of a fresh host (after a dry run), while something holds the dpkg lock
+    for a while (as unattended-upgrades does on a fresh cloud VM)."""
     host = bookworm.hosts[0].name
     hold = (
         'sudo -n setsid -f python3 -c "import fcntl, time; '
@@ -132,6 +146,25 @@ def fresh_bookworm(bookworm: SandboxFleet, tmp_path_factory: pytest.TempPathFact
         assert time.monotonic() < deadline, "the dpkg lock was never taken"
         time.sleep(0.2)
     return gpurig_deploy(bookworm, tmp_path_factory.mktemp("reports"))
+
+
+def test_dry_run_on_a_fresh_host_shows_changes_and_makes_none(
+    dry_on_fresh: tuple[Deploy, int],
+) -> None:
+    dry, opt_exists = dry_on_fresh
+    assert dry.code == 0
+    changes = {
+        ln.strip().split("  ")[0]
+        for ln in dry.output.splitlines()
+        if re.search(r"\s1 \(sandbox-\d+\)", ln)
+    }
+    for name in (
+        "System | Install apt packages",
+        "System | Create the service user",
+        "LLM environment | Install the locked venv (cpu-cp311)",
+    ):
+        assert name in changes
+    assert opt_exists != 0  # nothing was installed
 
 
 def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: Deploy) -> None:
