@@ -29,10 +29,10 @@ from gpurig import ansible_render, bloomkit_wheel, compat, hostlayout, lock, pre
 from gpurig.deploys import llm_env, nvidia, python, system
 from gpurig.errors import GpurigError, UsageError
 from gpurig.facts import gpu as gpu_facts
-from gpurig.facts.gpu import GpuHost, GpuState
+from gpurig.facts.gpu import GpuHost
 from gpurig.facts.system import HostProbe, marker_json, to_host_facts
+from gpurig.model.host import GpuState, HostFacts
 from gpurig.operations import smoke
-from gpurig.preflight import HostFacts
 from gpurig.spec import Stack
 
 VENV_PYTHON = "bin/python"

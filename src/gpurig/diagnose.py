@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gpurig.preflight import HostFacts
+    from gpurig.model.host import HostFacts
 
 # Names are stable: reports, tests and docs/gpu.md match on them.
 DPKG_LOCKED = "dpkg lock held"

@@ -8,15 +8,13 @@ same hosts for the same reasons. Each problem names its fix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 
-import yaml
 from packaging.version import InvalidVersion, Version
 
 from gpurig import compat, diagnose
 from gpurig.diagnose import Diagnosis
 from gpurig.lock import Lock, Target
+from gpurig.model.host import Architecture, HostFacts, PciGpu, gpu_table, has_kernels, sm_list
 from gpurig.spec import Stack
 
 SUPPORTED_OS = {("debian", "12"), ("debian", "13"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
@@ -24,122 +22,6 @@ SUPPORTED_ARCH = {"x86_64"}
 MIN_MEMORY_GB = 2.0
 # Headroom beyond the venv itself: the uv cache and a second venv during an atomic swap.
 DISK_HEADROOM = 2.5
-
-
-@dataclass(frozen=True)
-class PciGpu:
-    slot: str  # 0000:3b:00.0
-    device_id: str  # 2330 (vendor is always 10de)
-    name: str  # what gpurig knows it as, "NVIDIA H100 SXM5", or "NVIDIA 10de:xxxx"
-    compute_capability: str | None  # "9.0" when the id is known
-
-    @property
-    def sm(self) -> str:
-        return (
-            f"sm_{self.compute_capability.replace('.', '')}" if self.compute_capability else "sm_?"
-        )
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    cc_min: Version
-    cc_max: Version
-    min_branch: int
-    max_branch: int | None  # None: current drivers still support it
-    open_modules: str  # "no", "yes", or "required"
-
-
-@dataclass(frozen=True)
-class GpuTable:
-    """data/gpus.yaml: PCI device id -> (name, compute capability), and the architectures."""
-
-    gpus: dict[str, tuple[str, str]]
-    architectures: list[Architecture]
-
-    def architecture(self, cc: str | None) -> Architecture | None:
-        if cc is None:
-            return None
-        version = Version(cc)
-        return next((a for a in self.architectures if a.cc_min <= version <= a.cc_max), None)
-
-
-@cache
-def gpu_table() -> GpuTable:
-    raw = yaml.safe_load(resources.files("gpurig.data").joinpath("gpus.yaml").read_text())
-    gpus = {str(k).lower(): (str(v["name"]), str(v["cc"])) for k, v in raw["gpus"].items()}
-    arches = [
-        Architecture(
-            a["name"],
-            Version(a["cc"][0]),
-            Version(a["cc"][1]),
-            int(a["driver_branches"][0]),
-            a["driver_branches"][1],
-            str(a["open_modules"]),
-        )
-        for a in raw["architectures"]
-    ]
-    return GpuTable(gpus, arches)
-
-
-def pci_gpu(
-    slot: str, device_id: str, smi_name: str | None = None, smi_cc: str | None = None
-) -> PciGpu:
-    """A GPU on the PCI bus, named from gpus.yaml, else from nvidia-smi, else by its id."""
-    known = gpu_table().gpus.get(device_id.lower())
-    if known:
-        return PciGpu(slot, device_id.lower(), f"NVIDIA {known[0]}", known[1])
-    name = smi_name or f"NVIDIA 10de:{device_id.lower()}"
-    return PciGpu(slot, device_id.lower(), name, smi_cc)
-
-
-def has_kernels(cc: str, arches: list[str]) -> bool:
-    """Does a build shipping SASS for `arches` run on a GPU of compute capability `cc`?
-
-    CUDA binaries run on the same major version at an equal or higher minor (sm_86 code runs
-    on an sm_89 L4), never across majors; PTX JIT is not counted (compat.yaml's arches)."""
-    major, minor = (int(x) for x in cc.split("."))
-    for arch in arches:
-        a_major, a_minor = (int(x) for x in arch.split("."))
-        if a_major == major and a_minor <= minor:
-            return True
-    return False
-
-
-def sm_list(arches: list[str]) -> str:
-    return ", ".join(f"sm_{a.replace('.', '')}" for a in arches) or "none"
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What preflight knows about a host; every field comes from a pyinfra fact."""
-
-    os_id: str  # debian, ubuntu, ...
-    os_version: str  # 12, 24.04
-    arch: str
-    python3: str | None  # major.minor of /usr/bin/python3
-    glibc: str | None  # 2.36
-    free_disk_gb: float  # on the filesystem that will hold the venv
-    memory_gb: float
-    sudo: bool
-    systemd: bool
-    gpus: list[PciGpu] = field(default_factory=list)
-    driver_version: str | None = None  # loaded kernel module, from /proc/driver/nvidia/version
-    secure_boot: bool | None = None
-    nouveau_loaded: bool = False
-    # The GPU layer's state (gpurig.facts.gpu): for diagnoses before anything changes.
-    kernel: str | None = None  # uname -r
-    kernel_headers: bool | None = None  # /lib/modules/<kernel>/build exists
-    nvidia_module: str | None = None  # version of an nvidia module built for <kernel>
-    nvidia_smi: str | None = None  # nvidia-smi's output; None: not installed
-    nvidia_smi_rc: int | None = None
-    kernel_log: list[str] = field(default_factory=list)  # dmesg lines about the driver
-    dkms: list[str] = field(default_factory=list)  # `dkms status` lines
-    dkms_mok_enrolled: bool | None = None  # None: no DKMS signing key yet
-
-    @property
-    def os_name(self) -> str:
-        return f"{self.os_id}-{self.os_version}"
 
 
 @dataclass

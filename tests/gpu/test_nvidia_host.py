@@ -16,8 +16,10 @@ import pytest
 
 from gpurig import compat, diagnose, lock, preflight, spec
 from gpurig.facts import gpu
-from gpurig.facts.gpu import GpuHost, GpuState
+from gpurig.facts.gpu import GpuHost
 from gpurig.facts.system import HostProbe, to_host_facts
+from gpurig.model import host as host_model
+from gpurig.model.host import GpuState
 
 pytestmark = [
     pytest.mark.gpu,
@@ -47,7 +49,7 @@ def test_every_gpu_is_known_and_matches_the_driver(state: GpuState) -> None:
     assert state.smi_rc == 0, state.smi_output
     assert len(state.smi_gpus) == len(state.gpus), (state.smi_gpus, state.gpus)
     by_bus = {g.bus_id: g for g in state.smi_gpus}
-    table = preflight.gpu_table().gpus
+    table = host_model.gpu_table().gpus
     for found in state.gpus:
         assert found.device_id in table, f"add 10de:{found.device_id} to data/gpus.yaml"
         reported = by_bus[found.slot].compute_cap

@@ -10,7 +10,8 @@ import pytest
 
 from gpurig import hostlayout, lock, spec
 from gpurig.deploys import llm_env, preflight, python, system
-from gpurig.preflight import HostFacts, Verdict
+from gpurig.model.host import HostFacts
+from gpurig.preflight import Verdict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pytest
 
 from gpurig import diagnose
 from gpurig.diagnose import Context, Diagnosis
-from gpurig.preflight import HostFacts, PciGpu
+from gpurig.model.host import HostFacts, PciGpu
 
 KERNEL = "6.18.44-fc-v657"
 H100 = PciGpu("0000:00:05.0", "2330", "NVIDIA H100 SXM5 80GB", "9.0")

@@ -29,10 +29,11 @@ from gpurig.deploys import FACTS_KEY
 from gpurig.deploys import nvidia as stage
 from gpurig.diagnose import Context
 from gpurig.facts import gpu
-from gpurig.facts.gpu import GpuHost, GpuState, SmiGpu
+from gpurig.facts.gpu import GpuHost
 from gpurig.lock import Target
+from gpurig.model.host import GpuState, HostFacts, SmiGpu, pci_gpu
 from gpurig.operations import control
-from gpurig.preflight import HostFacts, Verdict, pci_gpu
+from gpurig.preflight import Verdict
 
 H100 = pci_gpu("0000:3b:00.0", "2330")
 UBUNTU_KERNEL = "6.8.0-45-generic"

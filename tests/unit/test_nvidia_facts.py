@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gpurig.facts import gpu
-from gpurig.facts.gpu import GpuHost, GpuState, normalise_bus_id, parse
-from gpurig.preflight import HostFacts
+from gpurig.facts.gpu import GpuHost, normalise_bus_id, parse
+from gpurig.model.host import GpuState, HostFacts
 from gpurig.sandbox import doubles
 
 SAMPLE = """\

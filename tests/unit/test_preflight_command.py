@@ -13,7 +13,8 @@ import pytest
 from gpurig import cli
 from gpurig.commands import preflight as command
 from gpurig.diagnose import Diagnosis
-from gpurig.preflight import HostFacts, Verdict, pci_gpu
+from gpurig.model.host import HostFacts, pci_gpu
+from gpurig.preflight import Verdict
 
 FACTS = HostFacts(
     "debian", "12", "x86_64", "3.11", "2.36", 100.0, 64.0, True, True,

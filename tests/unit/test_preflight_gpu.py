@@ -10,7 +10,9 @@ import pytest
 
 from gpurig import diagnose, preflight, spec
 from gpurig.lock import Lock, Target, target_name
-from gpurig.preflight import HostFacts, PciGpu, Verdict, has_kernels, pci_gpu
+from gpurig.model import host as host_model
+from gpurig.model.host import HostFacts, PciGpu, has_kernels, pci_gpu
+from gpurig.preflight import Verdict
 
 SLOT = "0000:3b:00.0"
 
@@ -252,7 +254,7 @@ def test_gpu_table_names_every_sandbox_sku() -> None:
         known = pci_gpu(SLOT, sku.device)
         assert known.compute_capability is not None, sku
         assert not known.name.startswith("NVIDIA 10de:"), sku
-    table = preflight.gpu_table()
+    table = host_model.gpu_table()
     for device, (_name, cc) in table.gpus.items():
         assert table.architecture(cc) is not None, device
 

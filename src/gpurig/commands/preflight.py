@@ -25,7 +25,8 @@ from rich.markup import escape
 
 from gpurig import lock, spec
 from gpurig.errors import GpurigError, UsageError
-from gpurig.preflight import HostFacts, Verdict
+from gpurig.model.host import HostFacts
+from gpurig.preflight import Verdict
 
 DEPLOY_FILE = Path(__file__).with_name("preflight_deploy.py")
 ENV_OUT = "GPURIG_PREFLIGHT_OUT"

@@ -24,8 +24,8 @@ from gpurig.deploys import FACTS_KEY, host_stack
 from gpurig.errors import GpurigError
 from gpurig.facts.cluster import RouteInterface
 from gpurig.facts.gpu import GpuHost
+from gpurig.model.host import HostFacts
 from gpurig.operations import control, files
-from gpurig.preflight import HostFacts
 
 
 def _gpu_count() -> int:

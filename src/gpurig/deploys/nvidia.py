@@ -50,10 +50,11 @@ from gpurig import compat, diagnose
 from gpurig.deploys import FACTS_KEY, VERDICT_KEY, host_stack
 from gpurig.diagnose import Context, Diagnosis
 from gpurig.facts import gpu
-from gpurig.facts.gpu import GpuHost, GpuState
+from gpurig.facts.gpu import GpuHost
+from gpurig.model.host import GpuState, HostFacts
 from gpurig.operations import control
 from gpurig.operations.apt import apt_get
-from gpurig.preflight import HostFacts, Verdict
+from gpurig.preflight import Verdict
 from gpurig.spec import Nvidia, Stack
 
 NVIDIA_DEFAULTS: dict[str, Any] = {

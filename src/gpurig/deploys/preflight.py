@@ -25,8 +25,9 @@ from gpurig.deploys import (
 from gpurig.deploys.verify import RUN, watch_run
 from gpurig.facts import gpu
 from gpurig.facts.system import HostProbe, dpkg_lock_holder, to_host_facts
+from gpurig.model.host import HostFacts
 from gpurig.operations import apt, control
-from gpurig.preflight import HostFacts, Verdict
+from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
 

@@ -32,9 +32,9 @@ from gpurig.deploys import (
     host_stack,
     host_value,
 )
+from gpurig.model.host import HostFacts
 from gpurig.operations.control import FAILURES, record_failure
 from gpurig.operations.smoke import SmokeRun, smoke
-from gpurig.preflight import HostFacts
 
 
 @dataclass

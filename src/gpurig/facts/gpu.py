@@ -1,7 +1,7 @@
 """The NVIDIA layer's facts, read in one round trip: GPUs on the PCI bus, the driver, its state.
 
 `GpuHost` runs one POSIX sh script, as the SSH user, that prints `@@section` headers, and parses
-it into a `GpuState`. `apply(facts, state)` fills the GPU fields of `preflight.HostFacts`; the
+it into a `GpuState`. `apply(facts, state)` fills the GPU fields of `gpurig.model.host.HostFacts`; the
 driver stage (`gpurig.deploys.nvidia`) reads `GpuState` itself, before and after it changes
 anything (pyinfra 3 reads facts afresh on every call).
 """
@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from dataclasses import dataclass, field
 
 from pyinfra.api.facts import FactBase
 
-from gpurig.preflight import HostFacts, PciGpu, pci_gpu
+from gpurig.model.host import GpuState, HostFacts, SmiGpu, pci_gpu
 
 NVIDIA_VENDOR = "10de"
 # /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  ..."
@@ -95,64 +94,6 @@ elif command -v systemd-detect-virt >/dev/null 2>&1 && systemd-detect-virt -cq; 
 fi
 true
 """  # noqa: E501
-
-
-@dataclass(frozen=True)
-class SmiGpu:
-    bus_id: str  # normalised to lspci's form, 0000:3b:00.0
-    name: str
-    driver_version: str
-    compute_cap: str | None
-
-
-@dataclass(frozen=True)
-class GpuState:
-    """The NVIDIA layer of a host, as one fact."""
-
-    gpus: list[PciGpu] = field(default_factory=list)  # NVIDIA display controllers (class 03xx)
-    pci_source: str = "lspci"  # lspci, or sysfs when pciutils is absent
-    driver_version: str | None = None  # the loaded kernel module
-    smi_rc: int | None = None  # None: no nvidia-smi
-    smi_output: str = ""
-    smi_gpus: list[SmiGpu] = field(default_factory=list)
-    secure_boot: bool | None = None  # None: cannot tell
-    modules: list[str] = field(default_factory=list)  # loaded nvidia*/nouveau modules
-    kernel: str = ""
-    kernel_headers: bool = False  # /lib/modules/$(uname -r)/build exists
-    module_version: str | None = None  # an nvidia module installed for the running kernel
-    packages: dict[str, str] = field(default_factory=dict)  # installed, nvidia/kernel/cuda
-    held: list[str] = field(default_factory=list)  # of those, held (apt-mark hold)
-    dkms: list[str] = field(default_factory=list)  # `dkms status` lines
-    dkms_mok_enrolled: bool | None = None  # None: no DKMS key (or no mokutil)
-    kernel_log: list[str] = field(default_factory=list)  # dmesg lines about the driver
-    nouveau_blacklisted: bool = False
-    files: dict[str, str] = field(default_factory=dict)  # MANAGED_FILES present -> sha256
-    systemd: bool = False
-    container: bool = False
-    persistenced: tuple[str, str] = ("", "")  # systemctl is-active, is-enabled
-
-    @property
-    def nouveau_loaded(self) -> bool:
-        return "nouveau" in self.modules
-
-    @property
-    def nvidia_loaded(self) -> bool:
-        return "nvidia" in self.modules
-
-    @property
-    def can_reboot(self) -> bool:
-        """A machine of its own under systemd; a container cannot reboot into a new module."""
-        return self.systemd and not self.container
-
-    @property
-    def installed_driver(self) -> str | None:
-        """The user-space driver version the packages installed (what a reboot would load)."""
-        for name, version in sorted(self.packages.items()):
-            if re.match(r"^(libnvidia-compute-\d+|libcuda1|libnvidia-ml1|nvidia-utils-\d+)", name):
-                match = re.match(r"^(?:\d+:)?(\d+\.\d+(?:\.\d+)?)", version)
-                if match:
-                    return match[1]
-        return None
 
 
 def _sections(lines: list[str]) -> dict[str, list[str]]:

@@ -2,7 +2,7 @@
 
 `HostProbe` gathers what preflight needs of the system before any change (OS, architecture,
 Python, glibc, disk, memory, sudo, systemd, the dpkg lock); `to_host_facts` turns it into
-`preflight.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
+`gpurig.model.host.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
 The others read the state the install stages converge: the venvs and their markers, pushed
 wheels, uv's Python, managed files.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from pyinfra.api.facts import FactBase
 
-from gpurig.preflight import HostFacts
+from gpurig.model.host import HostFacts
 
 # Runs as the SSH user, without sudo, so that `sudo -n true` tests what it should.
 PROBE_SCRIPT = r"""

@@ -1,0 +1,1 @@
+"""The domain model: what a host is, with no I/O and no policy."""
