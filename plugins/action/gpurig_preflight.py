@@ -1,8 +1,8 @@
-"""Action plugin: gather a host's facts, then decide on the controller with gpurig's own code.
+"""Action plugin: gather a host's facts, then plan it on the controller with gpurig's own code.
 
-The probe is the pyinfra deploy's (gpurig.facts.system.HostProbe), run as the SSH user; the
-verdict is gpurig.preflight.evaluate; paths come from gpurig.hostlayout. The result is set as the
-host fact `gpurig` (ansible_facts.gpurig), which the other roles act on.
+The probe is the pyinfra deploy's (gpurig.facts), run as the SSH user in one round trip; the
+plan is gpurig.plan's, through gpurig.ansible_bridge. The result is set as the host fact
+`gpurig` (ansible_facts.gpurig): the verdict and the steps the other roles act on.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class _RoleVars(Mapping[str, Any]):
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _supports_check_mode = True  # facts only: nothing on the host changes
-    _VALID_ARGS = frozenset(("stack_file", "lock_dir", "venv", "render_sha256"))
+    _VALID_ARGS = frozenset(("stack_file", "lock_dir"))
 
     def run(
         self, tmp: str | None = None, task_vars: dict[str, Any] | None = None
@@ -43,7 +43,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        missing = [name for name in ("stack_file", "lock_dir", "venv") if not args.get(name)]
+        missing = [name for name in ("stack_file", "lock_dir") if not args.get(name)]
         if missing:
             raise AnsibleActionFail(f"gpurig_preflight needs {', '.join(missing)}")
         try:
@@ -54,20 +54,20 @@ class ActionModule(ActionBase):
                 f"gpurig is not importable by the Python running Ansible ({error}): run "
                 "ansible-playbook from the environment gpurig is installed in"
             ) from None
-        # As the SSH user, not with become: the probe tests passwordless sudo itself.
-        probe = self._low_level_execute_command(
-            ansible_bridge.probe_command(str(args["venv"])), sudoable=False
-        )
-        if probe["rc"] != 0:
-            raise AnsibleActionFail(f"the fact probe failed (rc {probe['rc']}): {probe['stderr']}")
+        values = _RoleVars(self._templar, task_vars)
+        stack_file, lock_dir = Path(str(args["stack_file"])), Path(str(args["lock_dir"]))
         try:
-            plan = ansible_bridge.plan(
-                probe["stdout"],
-                Path(str(args["stack_file"])),
-                Path(str(args["lock_dir"])),
-                _RoleVars(self._templar, task_vars),
-                args.get("render_sha256") or None,  # "" skips the staleness check
+            # Free disk is measured where this host's venvs will live.
+            venv = ansible_bridge.venv_path(stack_file, lock_dir, values)
+            # As the SSH user, not with become: the probe tests passwordless sudo itself.
+            probe = self._low_level_execute_command(
+                ansible_bridge.probe_command(venv), sudoable=False
             )
+            if probe["rc"] != 0:
+                raise AnsibleActionFail(
+                    f"the fact probe failed (rc {probe['rc']}): {probe['stderr']}"
+                )
+            plan = ansible_bridge.plan(probe["stdout"], stack_file, lock_dir, values)
         except GpurigError as error:
             raise AnsibleActionFail(str(error)) from None
         result["changed"] = False

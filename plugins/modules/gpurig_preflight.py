@@ -6,15 +6,15 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: gpurig_preflight
-short_description: Check a host against gpurig's spec and lock, choose its locked target
+short_description: Check a host against gpurig's spec and lock, and compute its plan
 description:
   - Runs the pyinfra deploy's fact probe on the host as the SSH user (OS, Python, glibc, disk,
     memory, sudo, systemd, NVIDIA GPUs on the PCI bus, the loaded driver, Secure Boot).
-  - On the controller, loads the spec and the lock, applies inventory overrides of the roles'
-    spec-tied variables, and calls gpurig.preflight.evaluate, the same verdict as the pyinfra
-    deploy and C(gpurig preflight).
-  - Sets the host fact C(gpurig) with the verdict and the install plan (target, venv path,
-    wheels to push, uv index flags). Fails the host when the verdict has problems.
+  - On the controller, loads the spec and the lock, applies the host's overrides (the
+    vocabulary of docs/overrides.md, shared with the pyinfra deploy), and computes the host's
+    plan with gpurig.plan, the same verdict and steps as the pyinfra deploy.
+  - Sets the host fact C(gpurig) with the verdict and the plan (its steps by id, the driver
+    section). Fails the host when the verdict has problems.
   - Changes nothing on the host; supports check mode.
 version_added: "0.1.0"
 author: gpurig
@@ -27,15 +27,6 @@ options:
     description: Controller folder of the lock written by C(gpurig resolve).
     type: path
     required: true
-  venv:
-    description: Live venv path on the host; free disk is measured where the venvs will live.
-    type: path
-    required: true
-  render_sha256:
-    description:
-      - Digest the role defaults were rendered from; a stale render fails with the fix.
-    type: str
-    required: false
 notes:
   - An action plugin; needs gpurig importable by the Python that runs Ansible.
 """
@@ -45,7 +36,6 @@ EXAMPLES = r"""
   gpurig_preflight:
     stack_file: "{{ playbook_dir | dirname }}/stack.yml"
     lock_dir: "{{ playbook_dir | dirname }}/lock"
-    venv: /opt/gpurig/venv
 """
 
 RETURN = r"""
@@ -55,7 +45,7 @@ ansible_facts:
   type: dict
   contains:
     gpurig:
-      description: ok, problems, notes, facts, target, python, venv_dir, uv_args and more.
+      description: ok, problems, notes, facts, target, python, stages, steps and driver.
       type: dict
 """
 
@@ -67,8 +57,6 @@ def main() -> None:
         argument_spec={
             "stack_file": {"type": "path", "required": True},
             "lock_dir": {"type": "path", "required": True},
-            "venv": {"type": "path", "required": True},
-            "render_sha256": {"type": "str", "required": False},
         },
         supports_check_mode=True,
     )

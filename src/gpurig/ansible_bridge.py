@@ -1,46 +1,36 @@
 """What the Ansible plugins do on the controller, as typed and tested Python.
 
 The preflight action plugin runs `probe_command()` on a host (the pyinfra deploy's own fact
-probes), then hands its output and the host's role variables to `plan()`, which calls the same
-gpurig code as the pyinfra deploy: spec loading and compatibility checks, the lock,
-`preflight.evaluate`, the GPU layer's driver plan, the bloomkit wheel build, `hostlayout`, and
-the deploy's own file contents (environment, login profile), venv marker and smoke command. The
-roles only act on the returned plan, so both front ends write the same bytes to a host.
+probes, in one round trip), then hands its output and the host's variables to `plan()`, which
+asks gpurig.controller for the host's plan (gpurig.plan), as the pyinfra deploy does. The roles
+only act on the returned plan, step by step, so both front ends write the same bytes to a host.
+Nothing here imports gpurig's pyinfra deploys or operations.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import shlex
-import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.apt import AptSources
 from rich.console import Console
 
-from gpurig import ansible_render, bloomkit_wheel, compat, hostlayout, lock, preflight, report, spec
-from gpurig.deploys import llm_env, nvidia, python, system
-from gpurig.errors import GpurigError, UsageError
+from gpurig import lock, report
+from gpurig.controller import Controller
+from gpurig.errors import GpurigError
 from gpurig.facts import gpu as gpu_facts
 from gpurig.facts.gpu import GpuHost
-from gpurig.facts.system import HostProbe, marker_json, to_host_facts
+from gpurig.facts.system import HostProbe, to_host_facts
 from gpurig.model.host import GpuState, HostFacts
-from gpurig.operations import smoke
-from gpurig.spec import Stack
+from gpurig.plan import smoke
 
-VENV_PYTHON = "bin/python"
-SYSTEM_PYTHON = "/usr/bin/python3"
 NO_REPORT = "no report"  # the smoke role's verdict when bloomkit wrote none
-# The OS dispatch of the roles (vars/<distribution>.yml, setup-<os_family>.yml), from the probe:
-# no second fact-gathering round trip.
-OS_NAMES = {"debian": ("Debian", "Debian"), "ubuntu": ("Ubuntu", "Debian")}
 # Split the output of the probes sent in one round trip.
 GPU_SECTION = "@@gpurig-gpu-fact"
 SOURCES_SECTION = "@@gpurig-apt-sources"
@@ -79,218 +69,42 @@ def parse_probe(stdout: str) -> Probed:
     return Probed(gpu_facts.apply(to_host_facts(probe), state), state, list(sources))
 
 
-def load_stack(
-    stack_file: Path, lock_dir: Path, render_sha256: str | None
-) -> tuple[Stack, lock.Lock]:
-    """The spec and its lock, refused when stale or when the rendered role defaults are."""
-    stack = spec.load(stack_file)
-    problems = compat.problems(stack)
-    if problems:
-        raise spec.SpecErrors(str(stack_file), problems)
-    locked = lock.load(lock_dir)
-    locked.assert_fresh(stack)
-    if render_sha256 is not None and render_sha256 != ansible_render.render_sha256(stack, locked):
-        raise UsageError(
-            f"the roles' generated defaults are stale for {stack_file} and {lock_dir}: "
-            "run `gpurig render`"
-        )
-    return stack, locked
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns if path.exists() else 0
 
 
-def _build_wheel() -> bloomkit_wheel.Wheel:
-    """One build per source change, even with many forks asking at once. The plan names a
-    copy kept by content: dist/<name> is overwritten when the sources change mid-run."""
-    bloomkit_wheel.DIST.mkdir(parents=True, exist_ok=True)
-    with (bloomkit_wheel.DIST / ".build.lock").open("a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        wheel = bloomkit_wheel.build()
-        kept = bloomkit_wheel.DIST / "by-sha256" / wheel.sha256 / wheel.path.name
-        if not kept.exists():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wheel.path, kept)
-    return bloomkit_wheel.Wheel(kept, wheel.sha256)
+_controllers: dict[tuple[str, str, int, int], Controller] = {}
 
 
-def front_end_problems(base: Stack, stack: Stack) -> list[str]:
-    """What the playbook adds to `evaluate`, as the pyinfra deploy's deploy_problems does."""
-    problems = []
-    if stack.digest() != base.digest():
-        problems.append(
-            "inventory variables change what lock/ was resolved from (python, torch, packages "
-            "or sources): set them in stack.yml and run `gpurig resolve` and `gpurig render`"
-        )
-    if stack.install.offline:
-        problems.append(
-            "install.offline is not supported by the Ansible roles yet: deploy air-gapped hosts "
-            "with `gpurig deploy` (pyinfra)"
-        )
-    return problems
+def controller(stack_file: Path, lock_dir: Path) -> Controller:
+    """The spec, lock and bloomkit wheel, loaded once per process and version of the files."""
+    manifest = lock_dir / lock.MANIFEST
+    key = (str(stack_file), str(lock_dir), _mtime(stack_file), _mtime(manifest))
+    if key not in _controllers:
+        _controllers[key] = Controller.load(stack_file, lock_dir)
+    return _controllers[key]
 
 
-def smoke_args(stack: Stack, has_gpu: bool) -> list[str]:
-    """`bloomkit smoke` options after --json, as the pyinfra verify stage passes them."""
-    args = ["--model", stack.smoke.model]
-    if has_gpu or stack.nvidia.require_gpu:
-        args.append("--require-gpu")
-    if stack.smoke.quick:
-        args.append("--quick")
-    return args
-
-
-def nonfree_list(sources: list[Any], codename: str) -> str | None:
-    """The non-free apt list the GPU layer writes (gpurig.deploys.nvidia.debian_nonfree):
-    contrib, non-free and non-free-firmware for each suite the host already uses; None when the
-    sources have them already."""
-    entries = []
-    for repo in sources:
-        url, suite, components = repo["url"], repo["distribution"], set(repo["components"])
-        if repo["type"] != "deb" or not suite.startswith(codename):
-            continue
-        if {"contrib", "non-free"} <= components:
-            return None
-        signed = repo["options"].get("signed-by")
-        option = f" [signed-by={signed}]" if isinstance(signed, str) else ""
-        entries.append(f"deb{option} {url} {suite} contrib non-free non-free-firmware")
-    if not entries:
-        raise DeployError(f"no Debian {codename} apt source to add non-free to: add one")
-    content = "# Written by gpurig: Debian's NVIDIA driver lives in non-free.\n"
-    return content + "\n".join(dict.fromkeys(entries)) + "\n"
-
-
-def _driver(stack: Stack, probed: Probed) -> dict[str, Any]:
-    """The GPU layer's decisions for this host (gpurig.deploys.nvidia.plan_driver)."""
-    facts, state = probed.facts, probed.gpu
-    plan = nvidia.plan_driver(facts.os_id, facts.os_version, state, stack.nvidia)
-    codename = nvidia.DEBIAN_CODENAME.get(facts.os_version)
-    nonfree = None
-    if plan.source == "debian" and codename:
-        nonfree = nonfree_list(probed.sources, codename)
-    return {
-        "describe": plan.describe(),
-        "source": plan.source,
-        "packages": plan.packages,
-        "headers": plan.headers,
-        "precompiled": plan.precompiled,
-        "kernel_holds": plan.kernel_holds,
-        "missing": [p for p in plan.packages if p not in state.packages],
-        "nonfree": nonfree,
-        "kernel": state.kernel,
-        "held": sorted(state.held),
-        "can_reboot": state.can_reboot,
-        "cuda_keyring_url": plan.cuda_repo + nvidia.CUDA_KEYRING,
-        "cuda_key_fingerprint": nvidia.CUDA_KEY_FINGERPRINT,
-        "nouveau_conf": gpu_facts.NOUVEAU_CONF,
-        "nouveau_blacklist": nvidia.NOUVEAU_BLACKLIST,
-        "unattended_conf": gpu_facts.UNATTENDED_CONF,
-        "unattended_upgrades": nvidia.unattended_upgrades_file(kernel=stack.nvidia.hold_packages),
-        "persistenced_dropin_path": gpu_facts.PERSISTENCED_DROPIN,
-        "persistenced_dropin": nvidia.persistenced_dropin(plan.persistenced_user),
-        "nonfree_list": gpu_facts.NONFREE_LIST,
-    }
+def venv_path(stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> str:
+    """The host's live venv (gpurig_host_venv, else stack.yml's): the probe measures its disk."""
+    ctl = controller(stack_file, lock_dir)
+    try:
+        return ctl.host_stack(values).host.venv
+    except GpurigError:
+        return ctl.stack.host.venv  # the plan names the invalid host data
 
 
 def plan(
-    stdout: str,
-    stack_file: Path,
-    lock_dir: Path,
-    values: Mapping[str, Any],
-    render_sha256: str | None = None,
+    stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Facts -> verdict -> everything the roles need for this host, as plain data."""
-    base, locked = load_stack(stack_file, lock_dir, render_sha256)
-    patch = ansible_render.spec_overrides(base, locked, values)
-    stack = ansible_render.apply_overrides(base, patch)
-    problems = compat.problems(stack)
-    if problems:
-        raise spec.SpecErrors("inventory overrides of stack.yml", problems)
+    """Facts -> verdict -> the host's plan (gpurig.plan), as the data the roles act on.
+
+    values: the host's variables, in the override vocabulary both front ends share
+    (gpurig.overrides): gpurig_host_venv, gpurig_smoke_timeout_s, ...
+    """
+    ctl = controller(stack_file, lock_dir)
     probed = parse_probe(stdout)
-    facts = probed.facts
-    verdict = preflight.evaluate(facts, stack, locked)
-    verdict.problems += front_end_problems(base, stack)
-    result: dict[str, Any] = {
-        "ok": verdict.ok,
-        "problems": verdict.problems,
-        "notes": verdict.notes,
-        "facts": asdict(facts),
-        "os_name": facts.os_name,
-        "distribution": OS_NAMES.get(facts.os_id, (facts.os_id.capitalize(), ""))[0],
-        "os_family": OS_NAMES.get(facts.os_id, ("", facts.os_id.capitalize()))[1],
-        "has_gpu": bool(facts.gpus),
-        "systemd": facts.systemd,
-        "install_driver": verdict.install_driver,
-        "overrides": patch,
-        "environment_file": system.environment_file(stack),
-        "profile_script": python.profile_script(stack),
-        "apt_proxy": system.apt_proxy(stack.network.proxy) if stack.network.proxy else None,
-        "apt_proxy_file": system.APT_PROXY_FILE,
-    }
-    target = verdict.target
-    if not verdict.ok or target is None or verdict.python is None:
-        return result
-    if facts.gpus:
-        try:
-            result["driver"] = _driver(stack, probed)
-        except DeployError as error:
-            result.update(ok=False, problems=[*verdict.problems, str(error)])
-            return result
-    wheel = _build_wheel()
-    layout = hostlayout.Layout(stack)
-    identity = hostlayout.venv_id(target, wheel.sha256)
-    venv_dir = layout.venv_dir(target, wheel.sha256)
-    requirements = locked.requirements(target).resolve()
-    # As the pyinfra deploy builds them (gpurig.deploys.llm_env.llm_env).
-    marker = {
-        "venv_id": identity,
-        "target": target.name,
-        "lock_sha256": target.sha256,
-        "bloomkit_sha256": wheel.sha256,
-        "python": verdict.python,
-        "torch": target.torch,
-    }
-    result.update(
-        target=target.name,
-        variant=target.variant,
-        torch=target.torch,
-        python=verdict.python,
-        uv_python=verdict.uv_python,
-        python_request=verdict.python if verdict.uv_python else SYSTEM_PYTHON,
-        uv_environment=python.uv_environment(stack, managed=verdict.uv_python),
-        venv_id=identity,
-        venvs_dir=layout.venvs_dir,
-        venv_dir=venv_dir,
-        venv_link=layout.venv_link,
-        venv_python=f"{venv_dir}/{VENV_PYTHON}",
-        requirements=str(requirements),
-        requirements_dir=llm_env.REQUIREMENTS_DIR,
-        requirements_path=f"{llm_env.REQUIREMENTS_DIR}/{identity}.txt",
-        requirements_text=(requirements.read_text().rstrip("\n") + "\n" + wheel.requirement + "\n"),
-        local_wheels=[
-            {"name": name, "src": src, "sha256": sha}
-            for name, (src, sha) in sorted(llm_env.pushed_wheels(target).items())
-        ],
-        bloomkit={
-            "src": str(wheel.path),
-            "name": wheel.path.name,
-            "sha256": wheel.sha256,
-            "requirement": wheel.requirement,
-        },
-        uv_args=target.uv_source_args(find_links=[hostlayout.WHEEL_DIR]),
-        import_check=llm_env.import_check(target),
-        marker=marker_json(marker),
-        smoke_command=smoke.command(
-            smoke.SmokeRun(
-                user=stack.host.user,
-                report=stack.host.report,
-                timeout_s=stack.smoke.timeout_s,
-                args=smoke_args(stack, bool(facts.gpus)),
-                reports_dir="",  # the smoke role fetches the report itself
-            )
-        ),
-        smoke_timeout_s=stack.smoke.timeout_s,
-        smoke_user=stack.host.user,
-        smoke_report=stack.host.report,
-    )
-    return result
+    return ctl.host_plan(values, probed.facts, probed.gpu, probed.sources).to_json()
 
 
 @dataclass(frozen=True)
@@ -307,11 +121,8 @@ def _reason(outcome: HostOutcome) -> str:
     """Why a host has no smoke report, in the pyinfra deploy's words."""
     plan = outcome.preflight
     if outcome.verdict == NO_REPORT:
-        timeout = (plan or {}).get("smoke_timeout_s")
-        if outcome.smoke_exit == smoke.TIMED_OUT:
-            return f"smoke: timed out after {timeout} s (smoke.timeout_s) and wrote no report"
-        code = outcome.smoke_exit if outcome.smoke_exit is not None else "?"
-        return f"smoke: exited {code} without a report"
+        step = ((plan or {}).get("steps") or {}).get("verify.smoke") or {}
+        return smoke.without_report(step.get("timeout_s", 0), outcome.smoke_exit, [])
     if plan is not None and not plan.get("ok"):
         return "preflight: " + "; ".join(plan.get("problems") or [])
     if outcome.failure:

@@ -5,6 +5,7 @@ Every front end installs this one file, pinned by its sha256, next to the lock.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -68,3 +69,18 @@ def build(dist: Path = DIST) -> Wheel:
     shutil.rmtree(out)
     stamp.write_text(wheel.name)
     return Wheel(wheel, hashlib.sha256(wheel.read_bytes()).hexdigest())
+
+
+def build_kept(dist: Path = DIST) -> Wheel:
+    """`build`, once per source change even with many processes asking at once (Ansible forks);
+    the wheel named is a copy kept by content, as dist/<name> is overwritten when the sources
+    change mid-run."""
+    dist.mkdir(parents=True, exist_ok=True)
+    with (dist / ".build.lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        wheel = build(dist)
+        kept = dist / "by-sha256" / wheel.sha256 / wheel.path.name
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wheel.path, kept)
+    return Wheel(kept, wheel.sha256)

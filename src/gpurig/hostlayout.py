@@ -1,7 +1,7 @@
 """Where things live on a provisioned host: one definition for every front end.
 
-pyinfra, the Ansible roles (through generated variables) and the parity tests all read these,
-so the end state of a host cannot differ by the tool that made it.
+The plan (gpurig.plan) puts these paths into the steps both front ends render, and the parity
+tests read them, so the end state of a host cannot differ by the tool that made it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ CA_FILE = "/usr/local/share/ca-certificates/gpurig-ca.crt"
 WHEEL_DIR = "/var/cache/gpurig/wheels"
 STATE_DIR = "/var/lib/gpurig"
 MARKER = "gpurig-venv.json"  # inside each venv: what it was built from
+APT_PROXY_FILE = "/etc/apt/apt.conf.d/90gpurig-proxy"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's store, what every tool reads
+PYTHON_DIR = "/opt/gpurig/python"  # uv-managed Pythons, when the distribution's does not fit
+REQUIREMENTS_DIR = "/var/cache/gpurig/requirements"  # what each venv is built from
+LOG_DIR = "/var/log/gpurig"  # full logs of the driver steps; their output names the failure
 
 
 @dataclass(frozen=True)

@@ -5,46 +5,73 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from packaging.utils import canonicalize_name
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from gpurig.errors import UsageError
+from gpurig.spec_types import (
+    AptPackage,
+    ControllerPath,
+    HostPath,
+    ModelName,
+    NoProxyHost,
+    ProxyUrl,
+    PythonRequirement,
+    ca_bundle_problem,
+    index_url_problem,
+    package_name_problem,
+    shown,
+    text_problem,
+)
 
 DEFAULT_STACK = Path("stack.yml")
 PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
 PIN = re.compile(r"^\d+(\.\d+)*([a-z]+\d+)?(\.post\d+)?$")
 VARIANT = re.compile(r"^(cpu|cu\d{3})$")
 CUDA_DOTTED = re.compile(r"^(\d{2})\.(\d)$")
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+MAX_SPEC_BYTES = 1 << 20
+MAX_PROBLEM_CHARS = 300
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """No field holds control characters or Jinja markers, whatever its own checks miss."""
+        kind = cls.model_fields[str(info.field_name)].annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return value  # checked field by field, so problems carry the inner field's name
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 def _python_version(value: str) -> str:
-    if not PYTHON_VERSION.match(value):
-        raise ValueError(f"{value!r} is not a Python version like 3.11 (quote it in YAML)")
+    if not PYTHON_VERSION.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not a Python version like 3.11 (quote it in YAML)")
     return value
 
 
 PythonVersion = Annotated[str, AfterValidator(_python_version)]
-
-
-def _absolute(path: str) -> str:
-    if not PurePosixPath(path).is_absolute():
-        raise ValueError(f"must be an absolute path on the host, got {path!r}")
-    return path
 
 
 class Torch(Strict):
@@ -58,8 +85,8 @@ class Torch(Strict):
     @field_validator("version")
     @classmethod
     def _exact(cls, value: str) -> str:
-        if not PIN.match(value):
-            raise ValueError(f"must be an exact version like 2.13.0, got {value!r}")
+        if not PIN.fullmatch(value):
+            raise ValueError(f"must be an exact version like 2.13.0, got {shown(value)}")
         return value
 
     @field_validator("variants")
@@ -67,12 +94,14 @@ class Torch(Strict):
     def _variants(cls, values: list[str]) -> list[str]:
         out = []
         for value in values:
-            dotted = CUDA_DOTTED.match(value)
+            dotted = CUDA_DOTTED.fullmatch(value)
             tag = f"cu{dotted[1]}{dotted[2]}" if dotted else value
-            if not VARIANT.match(tag):
-                raise ValueError(f"{value!r} is not a variant: use cpu, or CUDA as cu130 or 13.0")
+            if not VARIANT.fullmatch(tag):
+                raise ValueError(
+                    f"{shown(value)} is not a variant: use cpu, or CUDA as cu130 or 13.0"
+                )
             if tag in out:
-                raise ValueError(f"{value!r} is listed twice")
+                raise ValueError(f"{shown(value)} is listed twice")
             out.append(tag)
         return out
 
@@ -90,40 +119,49 @@ class Nvidia(Strict):
 
 class HostLayout(Strict):
     user: str = Field("gpurig", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="service user")
-    venv: str = Field("/opt/gpurig/venv", description="live venv path (a link to the locked venv)")
-    hf_home: str = Field("/var/cache/gpurig/huggingface", description="Hugging Face cache")
-    report: str = Field("/var/lib/gpurig/smoke.json", description="where smoke writes its report")
-
-    @field_validator("venv", "hf_home", "report")
-    @classmethod
-    def _paths(cls, value: str) -> str:
-        return _absolute(value)
+    venv: HostPath = Field(
+        "/opt/gpurig/venv", description="live venv path (a link to the locked venv)"
+    )
+    hf_home: HostPath = Field("/var/cache/gpurig/huggingface", description="Hugging Face cache")
+    report: HostPath = Field(
+        "/var/lib/gpurig/smoke.json", description="where smoke writes its report"
+    )
 
 
 class Network(Strict):
-    ca_bundle: str | None = Field(
-        None, description="PEM file on the controller whose CAs hosts must trust (proxies)"
+    ca_bundle: ControllerPath | None = Field(
+        None,
+        description="PEM file on the controller whose CAs hosts must trust (proxies); it must "
+        "hold certificates only; a relative path is read from the current folder",
     )
-    proxy: str | None = Field(
-        None, pattern=r"^https?://[^\s]+$", description="HTTP(S) proxy URL hosts use"
+    proxy: ProxyUrl | None = Field(
+        None,
+        description="HTTP(S) proxy URL hosts use; credentials in it (`user:pass@`) are masked "
+        "in messages",
     )
-    no_proxy: list[str] = Field(
+    no_proxy: list[NoProxyHost] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1"], description="hosts the proxy skips"
     )
 
 
 class Sources(Strict):
+    # Declared first: the URL validators below read it from the fields validated before them.
+    allow_insecure_http: bool = Field(
+        False,
+        description="allow plain http:// indexes (a mirror on a network you trust: anyone on "
+        "the path can swap packages); without it indexes are https:// or file://",
+    )
     index: str = Field(
         "https://pypi.org/simple",
-        pattern=r"^(https?|file)://\S+$",
-        description="main package index (a PyPI mirror on closed networks)",
+        description="main package index (a PyPI mirror on closed networks); no credentials in "
+        "the URL: use a netrc file or uv's `UV_INDEX_<NAME>_USERNAME`/`_PASSWORD` variables",
     )
     torch_index: dict[str, str | Literal[False]] = Field(
         default_factory=dict,
         description="per variant: a torch wheel index URL, or false to use find_links and the "
         "main index only; defaults to PyTorch's index (or PyPI for the variant PyPI carries)",
     )
-    find_links: list[str] = Field(
+    find_links: list[ControllerPath] = Field(
         default_factory=list, description="controller folders of wheels; used wheels are pushed"
     )
     exclude_newer: str | None = Field(
@@ -132,20 +170,41 @@ class Sources(Strict):
         description="ignore releases after this date: `gpurig resolve` then repeats exactly",
     )
 
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: str, info: ValidationInfo) -> str:
+        problem = index_url_problem(value, info.data.get("allow_insecure_http") is True)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("torch_index")
     @classmethod
-    def _keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         for key, url in value.items():
-            if not VARIANT.match(key):
-                raise ValueError(f"key {key!r} is not a variant (cpu, cu126, cu130, ...)")
-            if url is not False and not re.match(r"^(https?|file)://\S+$", str(url)):
-                raise ValueError(f"{key}: {url!r} is not a URL (or false)")
+            if not VARIANT.fullmatch(key):
+                raise ValueError(f"key {shown(key)} is not a variant (cpu, cu126, cu130, ...)")
+            insecure_ok = info.data.get("allow_insecure_http") is True
+            problem = None if url is False else index_url_problem(str(url), insecure_ok)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         return value
+
+    @model_serializer(mode="wrap")
+    def _opt_in_shown_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while false, so that adding the field changed no lock digest, render hash
+        # or host data key of an existing spec.
+        data: dict[str, Any] = handler(self)
+        if not self.allow_insecure_http:
+            data.pop("allow_insecure_http", None)
+        return data
 
 
 class Install(Strict):
     offline: bool = Field(False, description="push a wheelhouse; hosts use no index at all")
-    wheelhouse: str | None = Field(None, description="controller folder for the offline bundle")
+    wheelhouse: ControllerPath | None = Field(
+        None, description="controller folder for the offline bundle"
+    )
 
     @model_validator(mode="after")
     def _offline_needs_wheelhouse(self) -> Install:
@@ -156,7 +215,7 @@ class Install(Strict):
 
 class Smoke(Strict):
     on_deploy: bool = Field(True, description="run `bloomkit smoke` at the end of each deploy")
-    model: str = Field("tiny", min_length=1, description="tiny, or a model name / local dir")
+    model: ModelName = Field("tiny", description="tiny, or a model name / local dir")
     quick: bool = Field(False, description="fewer training steps: a faster, weaker check")
     timeout_s: int = Field(900, ge=30, le=86400, description="smoke is stopped after this long")
 
@@ -168,8 +227,12 @@ class Stack(Strict):
     packages: dict[str, str] = Field(
         default_factory=dict, description="exact pins: transformers, peft, accelerate, ..."
     )
-    extra_packages: list[str] = Field(default_factory=list, description="more requirements")
-    apt_packages: list[str] = Field(default_factory=list, description="more Debian/Ubuntu packages")
+    extra_packages: list[PythonRequirement] = Field(
+        default_factory=list, description="more requirements (PEP 508, one each; no options)"
+    )
+    apt_packages: list[AptPackage] = Field(
+        default_factory=list, description="more Debian/Ubuntu packages (`name[:arch][=version]`)"
+    )
     nvidia: Nvidia = Nvidia()
     host: HostLayout = HostLayout()
     network: Network = Network()
@@ -188,16 +251,20 @@ class Stack(Strict):
     @classmethod
     def _pins(cls, value: dict[str, str]) -> dict[str, str]:
         for name, pin in value.items():
-            if name.lower() == "torch":
+            problem = package_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+            if canonicalize_name(name) == "torch":
                 raise ValueError("torch is set under torch.version, not packages")
-            if not PIN.match(str(pin)):
-                raise ValueError(f"{name}: {pin!r} is not an exact version like 4.57.1")
+            if not PIN.fullmatch(pin):
+                raise ValueError(f"{name}: {shown(pin)} is not an exact version like 4.57.1")
         return value
 
     def digest(self) -> str:
         """Hash of what decides the lock: a changed pin or source means a stale lock."""
         relevant = self.model_dump(include={"python", "torch", "packages", "extra_packages"})
-        relevant["sources"] = self.sources.model_dump()
+        # A permission, not a source: opting in to http changes nothing that gets locked.
+        relevant["sources"] = self.sources.model_dump(exclude={"allow_insecure_http"})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -207,8 +274,10 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
+        elif PLAIN_KEY.fullmatch(item):
+            parts.append(("." if parts else "") + item)
+        else:  # a key as the user typed it: maybe long, maybe holding a newline
+            parts.append(f"[{shown(item)}]")
     return "".join(parts) or "(top level)"
 
 
@@ -220,14 +289,14 @@ def _explain(error: Any) -> str:
         return "is required"
     got = error.get("input")
     if kind == "string_type":
-        return f'should be text, got {got!r}: quote it ("{got}")'
+        return f"should be text, got {shown(got)}: quote it"
     if kind in ("int_parsing", "int_type"):
-        return f"should be a whole number, got {got!r}"
+        return f"should be a whole number, got {shown(got)}"
     if kind in ("bool_parsing", "bool_type"):
-        return f"should be true or false, got {got!r}"
+        return f"should be true or false, got {shown(got)}"
     if kind in ("list_type", "dict_type"):
         want = "a list" if kind == "list_type" else "a mapping"
-        return f"should be {want}, got {type(got).__name__} {got!r}"
+        return f"should be {want}, got {type(got).__name__} {shown(got)}"
     return str(message).removeprefix("Value error, ")
 
 
@@ -235,19 +304,57 @@ class SpecErrors(UsageError):
     """Every problem in a spec at once, one line each."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {source}: {p}" for p in problems)
+        # Each value a problem echoes is already cut short; this bounds the rest too.
+        self.problems = [p if len(p) <= MAX_PROBLEM_CHARS else p[:299] + "…" for p in problems]
+        lines = "\n".join(f"  {source}: {p}" for p in self.problems)
         super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice is an error: YAML keeps the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` keys may be overridden; that is what merging is for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {shown(key)}, first on line {first_line[key] + 1}: keep one",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def decode(data: bytes, source: str) -> str:
+    """The spec as text: UTF-8, and no NUL byte (a binary file is valid UTF-8 by luck)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = error.start
+    else:
+        if "\0" not in text:
+            return text.removeprefix("\ufeff")
+        offset = data.index(b"\0")
+    raise SpecErrors(source, [f"is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset})"])
 
 
 def parse(text: str, source: str = "stack.yml") -> Stack:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecErrors(source, [f"{where}not valid YAML ({problem})"]) from None
+        raise SpecErrors(source, [f"{where}not valid YAML ({problem[:120]})"]) from None
     if data is None:
         raise SpecErrors(source, ["is empty: it needs at least python and torch"])
     if not isinstance(data, dict):
@@ -260,13 +367,21 @@ def parse(text: str, source: str = "stack.yml") -> Stack:
 
 
 def load(path: Path = DEFAULT_STACK) -> Stack:
+    """The spec file, and the controller files it names: every front end reads it here."""
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise UsageError(f"{path} is {size} bytes: too large for a spec (at most 1 MiB)")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path} not found: pass --stack FILE or run from the repo root") from None
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror}") from None
-    return parse(text, str(path))
+    stack = parse(decode(data, str(path)), str(path))
+    problem = ca_bundle_problem(stack.network.ca_bundle)
+    if problem:
+        raise SpecErrors(str(path), [f"network.ca_bundle: {problem}"])
+    return stack
 
 
 def field_reference(model: type[BaseModel] = Stack, prefix: str = "") -> list[tuple[str, str, str]]:

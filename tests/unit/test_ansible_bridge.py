@@ -1,4 +1,4 @@
-"""The controller side of the Ansible roles: the same facts, verdicts and files as pyinfra."""
+"""The controller side of the Ansible roles: the same facts, verdict and plan as pyinfra."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from gpurig import ansible_bridge, ansible_render, hostlayout, lock, report, spec
+from gpurig import ansible_bridge, bloomkit_wheel, hostlayout, lock, report, spec
 from gpurig.bloomkit_wheel import Wheel
-from gpurig.deploys import python as py_stage
-from gpurig.deploys import system as system_stage
-from gpurig.errors import UsageError
+from gpurig.plan import python as plan_python
+from gpurig.plan import system as plan_system
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "stack.yml"
@@ -67,12 +66,13 @@ def _with_gpu(text: str) -> str:
 @pytest.fixture(autouse=True)
 def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wheel:
     wheel = Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)
-    monkeypatch.setattr(ansible_bridge, "_build_wheel", lambda: wheel)
+    monkeypatch.setattr(bloomkit_wheel, "build_kept", lambda: wheel)
+    ansible_bridge._controllers.clear()
     return wheel
 
 
-def _plan(stdout: str, values: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-    return ansible_bridge.plan(stdout, STACK, LOCK, values or {}, **kw)
+def _plan(stdout: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    return ansible_bridge.plan(stdout, STACK, LOCK, values or {})
 
 
 def test_the_probe_is_the_pyinfra_deploys() -> None:
@@ -100,20 +100,27 @@ def test_parse_probe_refuses_empty_output() -> None:
         ansible_bridge.parse_probe("bash: oops\n")
 
 
-def test_plan_for_a_cpu_host_matches_the_pyinfra_deploy(fake_wheel: Wheel) -> None:
+def test_plan_for_a_cpu_host(fake_wheel: Wheel) -> None:
     plan = _plan(_host())
     stack = spec.load(STACK)
     target = lock.load(LOCK).targets["cpu-cp311"]
     assert plan["ok"], plan["problems"]
     assert plan["target"] == "cpu-cp311"
     assert (plan["distribution"], plan["os_family"]) == ("Debian", "Debian")  # role OS dispatch
-    assert plan["python_request"] == "/usr/bin/python3"
-    assert plan["venv_dir"] == hostlayout.Layout(stack).venv_dir(target, fake_wheel.sha256)
-    # Byte for byte what the pyinfra stages write.
-    assert plan["environment_file"] == system_stage.environment_file(stack)
-    assert plan["profile_script"] == py_stage.profile_script(stack)
-    marker = json.loads(plan["marker"])
-    assert marker == {
+    steps = plan["steps"]
+    assert plan["stages"]["system"] == [
+        "system.ca",
+        "system.apt_proxy",
+        "system.apt",
+        "system.environment",
+        "system.user",
+        "system.folders",
+    ]
+    assert steps["system.environment"]["content"] == plan_system.environment_file(stack)
+    assert steps["python.profile"]["content"] == plan_python.profile_script(stack)
+    venv = steps["llm_env.venv"]
+    assert venv["venv_dir"] == hostlayout.Layout(stack).venv_dir(target, fake_wheel.sha256)
+    assert json.loads(venv["marker"]) == {
         "venv_id": hostlayout.venv_id(target, fake_wheel.sha256),
         "target": "cpu-cp311",
         "lock_sha256": target.sha256,
@@ -121,11 +128,14 @@ def test_plan_for_a_cpu_host_matches_the_pyinfra_deploy(fake_wheel: Wheel) -> No
         "python": "3.11",
         "torch": target.torch,
     }
-    assert plan["requirements_text"].endswith(fake_wheel.requirement + "\n")
-    assert plan["uv_args"][-2:] == ["--find-links", hostlayout.WHEEL_DIR]
-    assert [w["name"] for w in plan["local_wheels"]] == list(target.local_wheels)
-    assert "runuser -l gpurig" in plan["smoke_command"]
-    assert "--require-gpu" not in plan["smoke_command"]
+    assert "--python /usr/bin/python3" in venv["script"]
+    assert f"--find-links {hostlayout.WHEEL_DIR}" in venv["script"]
+    requirements = steps["llm_env.requirements"]["content"]
+    assert requirements.endswith(fake_wheel.requirement + "\n")
+    wheels = [w["name"] for w in steps["llm_env.wheels"]["wheels"]]
+    assert wheels == sorted([*target.local_wheels, fake_wheel.path.name])
+    assert "runuser -l gpurig" in steps["verify.smoke"]["command"]
+    assert "--require-gpu" not in steps["verify.smoke"]["command"]
     json.dumps(plan)  # everything is plain data for Ansible
 
 
@@ -143,32 +153,38 @@ def test_plan_for_a_gpu_host_carries_the_gpu_layers_driver_plan() -> None:
     assert plan["install_driver"]
     assert plan["target"] == "cu130-cp311"
     driver = plan["driver"]
-    assert driver["source"] == "cuda"  # bookworm's archive has 535, the spec asks for 580
-    assert driver["packages"] == ["cuda-drivers-580"]
-    assert driver["headers"][0] == "linux-headers-6.1.0-25-cloud-amd64"
-    assert not driver["can_reboot"]  # a container
-    assert "--require-gpu" in plan["smoke_command"]
+    assert driver["plan"]["source"] == "cuda"  # bookworm's archive has 535, the spec asks 580
+    assert driver["plan"]["packages"] == ["cuda-drivers-580"]
+    assert driver["plan"]["headers"][0] == "linux-headers-6.1.0-25-cloud-amd64"
+    assert driver["cuda_keyring_script"]
+    assert driver["reboot_timeout_s"] == 900
+    assert "--require-gpu" in plan["steps"]["verify.smoke"]["command"]
 
 
 def test_inventory_overrides_reach_the_verdict() -> None:
     plan = _plan(_host(), {"gpurig_nvidia_require_gpu": True})
     assert not plan["ok"]
     assert any("require_gpu" in p for p in plan["problems"])
-    assert plan["overrides"] == {"nvidia": {"require_gpu": True}}
+
+
+def test_the_same_vocabulary_as_pyinfra() -> None:
+    plan = _plan(_host(), {"gpurig_host_user": "llm", "gpurig_skip_smoke": True})
+    assert plan["ok"], plan["problems"]
+    assert plan["user"] == "llm"
+    assert plan["steps"]["system.user"]["user"] == "llm"
+    assert "verify.smoke" not in plan["steps"]
 
 
 def test_overriding_a_lock_input_is_refused() -> None:
-    plan = _plan(_host(), {"gpurig_python_versions": ["3.11"]})
+    plan = _plan(_host(), {"gpurig_torch_version": "2.9.1"})
     assert not plan["ok"]
     assert any("gpurig resolve" in p for p in plan["problems"])
 
 
-def test_a_stale_render_is_refused() -> None:
-    with pytest.raises(UsageError, match="gpurig render"):
-        _plan(_host(), render_sha256="0" * 64)
-    stack = spec.load(STACK)
-    fresh = ansible_render.render_sha256(stack, lock.load(LOCK))
-    assert _plan(_host(), render_sha256=fresh)["ok"]
+def test_a_bad_override_stops_that_host_with_its_name() -> None:
+    plan = _plan(_host(), {"gpurig_host_venv": "relative"})
+    assert not plan["ok"]
+    assert any("gpurig_host_venv" in p for p in plan["problems"])
 
 
 def test_fleet_summary_writes_reasons_and_the_run_file(tmp_path: Path) -> None:
@@ -181,7 +197,9 @@ def test_fleet_summary_writes_reasons_and_the_run_file(tmp_path: Path) -> None:
         "apt": ansible_bridge.HostOutcome(None, {"ok": True}, None, "Install packages: E: 404"),
         "refused": ansible_bridge.HostOutcome(None, refused),
         "gone": ansible_bridge.HostOutcome(None, None),
-        "timed-out": ansible_bridge.HostOutcome("no report", {"smoke_timeout_s": 900}, 124),
+        "timed-out": ansible_bridge.HostOutcome(
+            "no report", {"steps": {"verify.smoke": {"timeout_s": 900}}}, 124
+        ),
         "checked": ansible_bridge.HostOutcome("skipped", {"ok": True}),
     }
     ok, lines = ansible_bridge.fleet_summary(tmp_path, outcomes, started=1.0)

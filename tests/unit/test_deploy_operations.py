@@ -23,9 +23,12 @@ from gpurig.facts.system import (
     PasswdEntry,
     Venvs,
     VenvState,
-    marker_json,
 )
 from gpurig.operations import apt, control, files, python, smoke, users, venv
+from gpurig.plan import smoke as plan_smoke
+from gpurig.plan.steps import Smoke, Venv
+from gpurig.plan.venv import marker_json
+from gpurig.spec import Stack
 
 
 @dataclass
@@ -71,7 +74,7 @@ def test_apt_installs_only_the_missing_with_a_bounded_lock_wait() -> None:
     line = text(commands[0])
     assert "apt-get -q -o DPkg::Lock::Timeout=120" in line
     assert line.count("DPkg::Lock::Timeout=120") == 2  # update and install both wait
-    assert line.endswith("install -y --no-install-recommends git 'curl=8.*'")
+    assert line.endswith("install -y --no-install-recommends -- git 'curl=8.*'")
     assert "ca-certificates" not in line.split("install")[-1]
 
 
@@ -124,80 +127,49 @@ OLDER = f"{VENVS}/cpu-cp311-cccccccccccc"
 MARKER = marker_json({"venv_id": "cpu-cp311-aaaaaaaaaaaa", "target": "cpu-cp311"})
 
 
-def plan() -> venv.VenvPlan:
-    return venv.VenvPlan(
+def step() -> Venv:
+    return Venv(
+        "llm_env.venv",
+        "Install the locked venv (cpu-cp311)",
         link="/opt/gpurig/venv",
         venvs_dir=VENVS,
         venv_dir=NEW,
-        requirements="torch==2.13.0+cpu --hash=sha256:00\n",
-        requirements_path="/var/cache/gpurig/requirements/cpu-cp311-aaaaaaaaaaaa.txt",
-        python="/usr/bin/python3",
+        marker_file="gpurig-venv.json",
         marker=MARKER,
-        check="import torch",
-        source_args=["--index-url", "https://pypi.org/simple"],
-        env={"UV_PYTHON_PREFERENCE": "only-managed"},
-        env_file="/etc/gpurig/environment",
+        requirements_path="/var/cache/gpurig/requirements/cpu-cp311-aaaaaaaaaaaa.txt",
+        script="the plan's build script",
     )
 
 
-def test_fresh_host_uploads_requirements_then_builds_and_swaps() -> None:
-    commands, _ = run_op(venv.locked_venv, {VenvState: Venvs()}, plan=plan())
-    assert isinstance(commands[0], FileUploadCommand)
-    assert commands[0].dest == plan().requirements_path
-    assert commands[0].src.read() == plan().requirements
-    script = text(commands[1])
-    assert "uv pip sync" in script
-    assert "--require-hashes" in script
-    assert "UV_PYTHON_PREFERENCE=only-managed /usr/local/bin/uv pip sync" in script
-    # Certificates and proxy come from the environment file, never on a command line.
-    assert "set -a; . /etc/gpurig/environment; set +a" in script
-    # The marker is written last, after the import check; then the link moves by rename.
-    order = [
-        script.index("pip sync"),
-        script.index("import torch"),
-        script.index('"$M.tmp"'),
-        script.index('mv -T "$LINK.gpurig-new" "$LINK"'),
-    ]
-    assert order == sorted(order)
+def test_fresh_host_runs_the_plans_script() -> None:
+    commands, _ = run_op(venv.locked_venv, {VenvState: Venvs()}, step=step())
+    assert [text(c) for c in commands] == ["the plan's build script"]
 
 
 def test_complete_live_venv_is_a_noop() -> None:
     state = Venvs(live=NEW, mtimes={NEW: 2, OLD: 1}, markers={NEW: MARKER})
-    commands, fake = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
+    commands, fake = run_op(venv.locked_venv, {VenvState: state}, step=step())
     assert commands == []
     assert fake.noops == [f"/opt/gpurig/venv -> {NEW} is complete"]
 
 
-def test_interrupted_build_is_rebuilt_while_the_old_venv_stays_live() -> None:
-    # NEW has no marker: a cut-off install. OLD is live and is kept for rollback.
-    state = Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={OLD: "{}"})
-    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
-    script = text(commands[-1])
-    assert 'rm -rf "$D"' in script
-    assert f"KEEP={OLD}" in script
-
-
-def test_complete_but_not_live_venv_is_swapped_in_without_a_build() -> None:
-    state = Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={NEW: MARKER, OLD: "{}"})
-    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
-    assert len(commands) == 1
-    script = text(commands[0])
-    assert "pip sync" not in script
-    assert 'mv -T "$LINK.gpurig-new" "$LINK"' in script
-
-
-def test_older_venvs_are_removed_keeping_one_for_rollback() -> None:
-    state = Venvs(live=NEW, mtimes={NEW: 3, OLD: 2, OLDER: 1}, markers={NEW: MARKER})
-    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
-    script = text(commands[0])
-    assert f"KEEP={OLD}" in script
-    assert "pip sync" not in script
-
-
-def test_a_directory_at_the_live_path_is_replaced_by_the_link() -> None:
-    state = Venvs(live_is_dir=True, mtimes={NEW: 1}, markers={NEW: MARKER})
-    commands, _ = run_op(venv.locked_venv, {VenvState: state}, plan=plan())
-    assert 'mv -T "$LINK" "$KEEP"' in text(commands[0])
+@pytest.mark.parametrize(
+    "state",
+    [
+        # NEW has no marker: a cut-off install; OLD is live.
+        Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={OLD: "{}"}),
+        # complete, but not live
+        Venvs(live=OLD, mtimes={NEW: 3, OLD: 1}, markers={NEW: MARKER, OLD: "{}"}),
+        # live and complete, with one venv too many
+        Venvs(live=NEW, mtimes={NEW: 3, OLD: 2, OLDER: 1}, markers={NEW: MARKER}),
+        # a directory at the live path
+        Venvs(live_is_dir=True, mtimes={NEW: 1}, markers={NEW: MARKER}),
+    ],
+    ids=["interrupted", "not-live", "leftover", "directory"],
+)
+def test_a_host_that_differs_runs_the_script(state: Venvs) -> None:
+    commands, _ = run_op(venv.locked_venv, {VenvState: state}, step=step())
+    assert [text(c) for c in commands] == ["the plan's build script"]
 
 
 # the service user ---------------------------------------------------------------------------
@@ -304,18 +276,15 @@ class SmokeHost(FakeHost):
         self.logged.append(message)
 
 
-def smoke_run(tmp_path: Path) -> smoke.SmokeRun:
-    return smoke.SmokeRun(
-        user="gpurig",
-        report="/var/lib/gpurig/smoke.json",
-        timeout_s=900,
-        args=["--model", "tiny", "--require-gpu"],
-        reports_dir=str(tmp_path / "reports"),
+def smoke_step() -> Smoke:
+    stack = Stack.model_validate(
+        {"python": ["3.11"], "torch": {"version": "2.13.0", "variants": ["cpu"]}}
     )
+    return plan_smoke.step(stack, has_gpu=True)
 
 
-def test_smoke_runs_as_the_service_user_in_a_login_shell(tmp_path: Path) -> None:
-    line = smoke.command(smoke_run(tmp_path))
+def test_smoke_runs_as_the_service_user_in_a_login_shell() -> None:
+    line = smoke_step().command
     assert "timeout -k 15 900 runuser -l gpurig -c" in line
     assert "'bloomkit smoke --json /var/lib/gpurig/smoke.json --model tiny --require-gpu'" in line
 
@@ -324,7 +293,13 @@ def test_a_passing_report_is_fetched_and_the_host_passes(tmp_path: Path) -> None
     remote = {"verdict": "pass", "host": "h", "duration_s": 12.5, "env": {}, "stages": []}
     fake = SmokeHost(["...", "gpurig-smoke-exit=0"], remote)
     seen: list[str] = []
-    (command,), _ = run_op(smoke.smoke, {}, run=smoke_run(tmp_path), on_report=seen.append)
+    (command,), _ = run_op(
+        smoke.smoke,
+        {},
+        step=smoke_step(),
+        reports_dir=str(tmp_path / "reports"),
+        on_report=seen.append,
+    )
     assert command.execute(None, fake, {}) is True
     assert json.loads((tmp_path / "reports" / "gpu-1.json").read_text()) == remote
     assert seen == ["gpu-1"]
@@ -334,14 +309,20 @@ def test_a_failing_report_fails_the_host_after_it_is_fetched(tmp_path: Path) -> 
     control.FAILURES.clear()
     remote = {"verdict": "fail", "failures": ["gemm: 120 TFLOP/s < 70% of H100's 989"]}
     fake = SmokeHost(["gpurig-smoke-exit=1"], remote)
-    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    assert (
+        smoke.run_smoke(None, fake, smoke_step(), str(tmp_path / "reports"), lambda _: None)
+        is False
+    )  # type: ignore[arg-type]
     assert (tmp_path / "reports" / "gpu-1.json").exists()
     assert control.FAILURES["gpu-1"] == "smoke: gemm: 120 TFLOP/s < 70% of H100's 989"
 
 
 def test_a_smoke_timeout_without_a_report_says_so(tmp_path: Path) -> None:
     fake = SmokeHost(["gpurig-smoke-exit=124"], None)
-    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    assert (
+        smoke.run_smoke(None, fake, smoke_step(), str(tmp_path / "reports"), lambda _: None)
+        is False
+    )  # type: ignore[arg-type]
     written = json.loads((tmp_path / "reports" / "gpu-1.json").read_text())
     assert written["source"] == "gpurig"
     assert written["failures"] == [
@@ -351,7 +332,10 @@ def test_a_smoke_timeout_without_a_report_says_so(tmp_path: Path) -> None:
 
 def test_a_crash_without_a_report_keeps_the_last_line(tmp_path: Path) -> None:
     fake = SmokeHost(["-bash: line 1: bloomkit: command not found", "gpurig-smoke-exit=127"], None)
-    assert smoke.run_smoke(None, fake, smoke_run(tmp_path), lambda _: None) is False  # type: ignore[arg-type]
+    assert (
+        smoke.run_smoke(None, fake, smoke_step(), str(tmp_path / "reports"), lambda _: None)
+        is False
+    )  # type: ignore[arg-type]
     written = json.loads((tmp_path / "reports" / "gpu-1.json").read_text())
     assert written["failures"] == [
         "smoke: exited 127 without a report: -bash: line 1: bloomkit: command not found"

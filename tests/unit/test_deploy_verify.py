@@ -59,7 +59,7 @@ def op(complete: bool = True, changed: bool = False) -> Any:
 
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> verify.Run:
-    monkeypatch.setattr(verify, "controller", lambda: SimpleNamespace(reports_dir=tmp_path))
+    monkeypatch.setattr(verify, "reports_dir", lambda: tmp_path)
     monkeypatch.setenv(verify.ENV_SUMMARY, "0")
     fresh = verify.Run()
     monkeypatch.setattr(verify, "RUN", fresh)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpurig import compat, spec
-from gpurig.commands.check import load_checked
+from gpurig.loading import checked_stack
 from gpurig.spec import SpecErrors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def expectation(path: Path) -> tuple[str, str]:
 
 
 def test_default_stack_is_valid() -> None:
-    stack = load_checked(REPO / "stack.yml")
+    stack = checked_stack(REPO / "stack.yml")
     assert stack.torch.version in compat.table().torch
     assert "cpu" in stack.torch.variants
 
@@ -36,7 +36,7 @@ def test_corpus_is_not_empty() -> None:
 def test_bad_spec_names_its_field(path: Path) -> None:
     field, text = expectation(path)
     with pytest.raises(SpecErrors) as caught:
-        load_checked(path)
+        checked_stack(path)
     problems = caught.value.problems
     assert any(text in p for p in problems), problems
     if field != "stack":  # whole-file problems have no field

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from gpurig import compat, lock, spec
 from gpurig.errors import GpurigError
-from gpurig.spec import SpecErrors, Stack
+from gpurig.loading import checked_stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,17 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock", type=Path, default=lock.DEFAULT_LOCK_DIR, help="lock folder")
 
 
-def load_checked(path: Path) -> Stack:
-    """Schema first, then the compatibility table: every problem reported at once."""
-    stack = spec.load(path)
-    problems = compat.problems(stack)
-    if problems:
-        raise SpecErrors(str(path), problems)
-    return stack
-
-
 def run(args: argparse.Namespace) -> int:
-    stack = load_checked(args.stack)
+    stack = checked_stack(args.stack)
     console = Console(highlight=False)
     console.print(f"[bold]{args.stack}[/bold] is valid")
     table = Table(show_header=False, box=None, pad_edge=False)

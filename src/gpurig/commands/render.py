@@ -1,6 +1,8 @@
-"""`gpurig render`: the Ansible roles' defaults and argument specs, from stack.yml and the lock.
+"""`gpurig render`: the Ansible roles' defaults and argument specs, and docs/overrides.md.
 
-`--check` writes nothing and exits 1 naming each file whose committed copy drifted.
+They come from gpurig's override vocabulary (gpurig.overrides and the stack.yml schema), not
+from stack.yml's values: a changed spec needs no re-render. `--check` writes nothing and exits
+1 naming each file whose committed copy drifted.
 """
 
 from __future__ import annotations
@@ -9,36 +11,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpurig import ansible_render, lock, spec
-from gpurig.commands.check import load_checked
+from gpurig import ansible_render
 from gpurig.errors import GpurigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack", type=Path, default=spec.DEFAULT_STACK, help="spec file")
-    parser.add_argument("--lock", type=Path, default=lock.DEFAULT_LOCK_DIR, help="lock folder")
-    parser.add_argument("--roles", type=Path, default=Path("roles"), help="Ansible roles folder")
+    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
     parser.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if a generated file drifted"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    stack = load_checked(args.stack)
-    locked = lock.load(args.lock)
-    locked.assert_fresh(stack)
-    files = ansible_render.render(stack, locked)
+    files = ansible_render.render()
     if args.check:
-        stale = ansible_render.drifted(files, args.roles)
+        stale = ansible_render.drifted(files, args.root)
         for relative in stale:
-            print(f"{args.roles / relative}: differs from a fresh render", file=sys.stderr)
+            print(f"{args.root / relative}: differs from a fresh render", file=sys.stderr)
         if stale:
             raise GpurigError(f"{len(stale)} generated file(s) drifted: run `gpurig render`")
-        print(f"{len(files)} generated files match {args.stack} and {args.lock}/")
+        print(f"{len(files)} generated files are up to date")
         return 0
-    written = ansible_render.write(files, args.roles)
+    written = ansible_render.write(files, args.root)
     for relative in written:
-        print(f"wrote {args.roles / relative}")
+        print(f"wrote {args.root / relative}")
     if not written:
         print(f"{len(files)} generated files already up to date")
     return 0

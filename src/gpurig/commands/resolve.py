@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from gpurig import lock, spec
-from gpurig.commands.check import load_checked
 from gpurig.errors import UsageError
+from gpurig.loading import checked_stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.uv_args} is not a locked target: see lock/manifest.json")
         print(shlex.join(target.uv_source_args()))
         return 0
-    stack = load_checked(args.stack)
+    stack = checked_stack(args.stack)
     console = Console(highlight=False, stderr=True)
     with console.status("resolving with uv"):
         locked = lock.resolve(stack, args.lock)

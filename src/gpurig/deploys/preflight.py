@@ -1,52 +1,36 @@
-"""Stage 1, preflight: facts only, before any change.
+"""Stage 1, preflight: facts only, before any change; then the host's plan.
 
-Two facts (one round trip each: the system, and the GPU layer's) read the host;
-`gpurig.preflight.evaluate` decides, as it does for `gpurig preflight` and the Ansible role.
+Two facts (one round trip each: the system, and the GPU layer's) read the host; the controller
+(gpurig.controller) decides and plans, as it does for `gpurig preflight` and the Ansible role.
 A host with a problem gets a single operation that stops it with the reason; the deploy adds
 nothing else for it, and the other hosts go on.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
+from pyinfra.facts.apt import AptSources
 
-from gpurig import preflight as checks
 from gpurig.deploys import (
     FACTS_KEY,
-    PREFIX,
+    PLAN_KEY,
     SPEC_DEFAULTS,
     VERDICT_KEY,
     controller,
-    host_stack,
-    overridden_lock_inputs,
+    host_values,
 )
 from gpurig.deploys.verify import RUN, watch_run
 from gpurig.facts import gpu
 from gpurig.facts.system import HostProbe, dpkg_lock_holder, to_host_facts
 from gpurig.model.host import HostFacts
-from gpurig.operations import apt, control
+from gpurig.operations import control
+from gpurig.plan import HostPlan
+from gpurig.plan.system import APT_LOCK_TIMEOUT_S
 from gpurig.preflight import Verdict
-from gpurig.spec import Stack
-
-
-def deploy_problems(stack: Stack, verdict: Verdict) -> list[str]:
-    """What the deploy itself adds to `evaluate`: host data and install mode."""
-    problems = []
-    changed = overridden_lock_inputs(stack)
-    if changed:
-        problems.append(
-            f"host data {', '.join(changed)} changes what lock/ was resolved from: set it in "
-            "stack.yml and run `gpurig resolve`"
-        )
-    if stack.install.offline and verdict.uv_python:
-        problems.append(
-            f"offline install needs the distribution's python3 to be one of {stack.python}: "
-            "uv cannot download a Python without an index (add this host's version to "
-            "stack.yml's python and run `gpurig resolve`)"
-        )
-    return problems
 
 
 def describe(verdict: Verdict, facts: HostFacts) -> str:
@@ -56,29 +40,34 @@ def describe(verdict: Verdict, facts: HostFacts) -> str:
     return f"{facts.os_name}, {gpus}, {python}: installs {verdict.target.name}"
 
 
+def _apt_sources(facts: HostFacts) -> list[Any]:
+    """Debian's sources, where the driver plan may add non-free to them (GPU hosts only)."""
+    if not (facts.gpus and facts.os_id == "debian"):
+        return []
+    return list(host.get_fact(AptSources))
+
+
 @deploy("Preflight", data_defaults=SPEC_DEFAULTS)
-def preflight() -> Verdict:
-    """Check the host against the stack and the lock; the verdict goes into host data."""
-    controller()  # a bad stack.yml or a stale lock stops the whole run, before any host
+def preflight() -> HostPlan:
+    """Check the host against the stack and the lock; the plan goes into host data."""
+    ctl = controller()  # a bad stack.yml or a stale lock stops the whole run, before any host
     watch_run()
-    try:
-        stack = host_stack()
-    except ValueError as error:
-        verdict = Verdict(problems=[str(error)])
-    else:
-        probe = host.get_fact(HostProbe, venv=stack.host.venv, _sudo=False)
-        # The system, then the GPU layer's fact: PCI GPUs, driver, Secure Boot, kernel, DKMS.
-        facts = gpu.apply(to_host_facts(probe), host.get_fact(gpu.GpuHost, _sudo=False))
-        RUN.os_names[host.name] = facts.os_name
-        verdict = checks.evaluate(facts, stack, controller().lock)
-        verdict.problems += deploy_problems(stack, verdict)
-        holder = dpkg_lock_holder(probe)
-        if holder:
-            verdict.notes.append(
-                f"the dpkg lock is held by {holder}: apt waits up to {apt.LOCK_TIMEOUT_S} s for it"
-            )
-        setattr(host.data, FACTS_KEY, facts)
+    values = host_values()
+    probe = host.get_fact(HostProbe, venv=values["gpurig_host_venv"], _sudo=False)
+    # The system, then the GPU layer's fact: PCI GPUs, driver, Secure Boot, kernel, DKMS.
+    state = host.get_fact(gpu.GpuHost, _sudo=False)
+    facts = gpu.apply(to_host_facts(probe), state)
+    RUN.os_names[host.name] = facts.os_name
+    plan = ctl.host_plan(values, facts, state, _apt_sources(facts))
+    verdict = plan.verdict
+    holder = dpkg_lock_holder(probe)
+    if holder:
+        verdict.notes.append(
+            f"the dpkg lock is held by {holder}: apt waits up to {APT_LOCK_TIMEOUT_S} s for it"
+        )
+    setattr(host.data, FACTS_KEY, facts)
     setattr(host.data, VERDICT_KEY, verdict)
+    setattr(host.data, PLAN_KEY, plan)
     for note in verdict.notes:
         host.log(f"preflight: {note}")
     if not verdict.ok:
@@ -87,11 +76,4 @@ def preflight() -> Verdict:
         control.stop_host(name="Preflight: stop this host", reason=reason)
     else:
         host.log(f"preflight: {describe(verdict, facts)}")
-    return verdict
-
-
-def current_verdict() -> Verdict:
-    verdict = host.data.get(VERDICT_KEY)
-    if not isinstance(verdict, Verdict) or not verdict.ok or verdict.target is None:
-        raise RuntimeError(f"{PREFIX}verdict is missing: run the preflight deploy first")
-    return verdict
+    return plan

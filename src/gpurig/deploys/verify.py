@@ -7,7 +7,8 @@ connection). reports/.gpurig-run.json lists the run's hosts, and what changed on
 `gpurig deploy` and `gpurig report` print the same summary from these files.
 
 Data: gpurig_skip_smoke (default false) skips the smoke test for a run; smoke.on_deploy: false
-(gpurig_smoke_on_deploy) skips it always. A skipped host shows as `skipped` in the summary.
+(gpurig_smoke_on_deploy) skips it always: the plan then has no verify step. A skipped host
+shows as `skipped` in the summary.
 """
 
 from __future__ import annotations
@@ -24,17 +25,10 @@ from pyinfra.api.state import BaseStateCallback, State
 from pyinfra.context import ctx_state, host
 
 from gpurig import report
-from gpurig.deploys import (
-    ENV_SUMMARY,
-    FACTS_KEY,
-    SPEC_DEFAULTS,
-    controller,
-    host_stack,
-    host_value,
-)
-from gpurig.model.host import HostFacts
+from gpurig.deploys import ENV_SUMMARY, SPEC_DEFAULTS, host_plan, reports_dir
 from gpurig.operations.control import FAILURES, record_failure
-from gpurig.operations.smoke import SmokeRun, smoke
+from gpurig.operations.smoke import smoke
+from gpurig.plan.steps import Smoke
 
 
 @dataclass
@@ -85,7 +79,7 @@ def finish() -> None:
     state = RUN.state
     if state is None or not state.is_executing:
         return
-    directory = controller().reports_dir
+    directory = reports_dir()
     hosts: dict[str, dict[str, Any]] = {}
     for target in state.inventory:
         if not state.is_host_in_limit(target):
@@ -127,26 +121,15 @@ def finish() -> None:
 
 @deploy("Verify", data_defaults=SPEC_DEFAULTS)
 def verify() -> None:
-    stack = host_stack()
-    if host_value("gpurig_skip_smoke") or not stack.smoke.on_deploy:
+    steps = [s for s in host_plan().stage("verify") if isinstance(s, Smoke)]
+    if not steps:
         RUN.skipped.add(host.name)
         host.log("verify: smoke test skipped (gpurig_skip_smoke / smoke.on_deploy)")
         return
-    facts = host.data.get(FACTS_KEY)
-    has_gpu = isinstance(facts, HostFacts) and bool(facts.gpus)
-    args = ["--model", stack.smoke.model]
-    if has_gpu or stack.nvidia.require_gpu:
-        args.append("--require-gpu")
-    if stack.smoke.quick:
-        args.append("--quick")
-    smoke(
-        name="Run bloomkit smoke",
-        run=SmokeRun(
-            user=stack.host.user,
-            report=stack.host.report,
-            timeout_s=stack.smoke.timeout_s,
-            args=args,
-            reports_dir=str(controller().reports_dir.absolute()),
-        ),
-        on_report=RUN.reported.add,
-    )
+    for step in steps:
+        smoke(
+            name=step.name,
+            step=step,
+            reports_dir=str(reports_dir().absolute()),
+            on_report=RUN.reported.add,
+        )

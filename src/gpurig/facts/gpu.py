@@ -1,7 +1,7 @@
 """The NVIDIA layer's facts, read in one round trip: GPUs on the PCI bus, the driver, its state.
 
 `GpuHost` runs one POSIX sh script, as the SSH user, that prints `@@section` headers, and parses
-it into a `GpuState`. `apply(facts, state)` fills the GPU fields of `gpurig.model.host.HostFacts`; the
+it into a `GpuState`. `apply(facts, state)` fills the GPU fields of `model.host.HostFacts`; the
 driver stage (`gpurig.deploys.nvidia`) reads `GpuState` itself, before and after it changes
 anything (pyinfra 3 reads facts afresh on every call).
 """

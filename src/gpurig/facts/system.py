@@ -2,7 +2,7 @@
 
 `HostProbe` gathers what preflight needs of the system before any change (OS, architecture,
 Python, glibc, disk, memory, sudo, systemd, the dpkg lock); `to_host_facts` turns it into
-`gpurig.model.host.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
+`model.host.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
 The others read the state the install stages converge: the venvs and their markers, pushed
 wheels, uv's Python, managed files.
 """

@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from gpurig import lock, report, spec
-from gpurig.commands.check import load_checked
 from gpurig.errors import GpurigError
+from gpurig.loading import checked_stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stack = load_checked(args.stack)
+    stack = checked_stack(args.stack)
     locked = lock.load(args.lock)
     if args.action == "build":
         return _build(args, stack, locked)

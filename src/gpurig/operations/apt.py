@@ -6,26 +6,18 @@ Fresh cloud VMs run unattended-upgrades at boot: plain apt-get fails at once on 
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Generator
 
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.deb import DebPackages
 
-LOCK_TIMEOUT_S = 120
-
-
-def apt_get(lock_timeout_s: int = LOCK_TIMEOUT_S) -> str:
-    return (
-        "DEBIAN_FRONTEND=noninteractive apt-get -q "
-        f"-o DPkg::Lock::Timeout={int(lock_timeout_s)} -o Dpkg::Use-Pty=0"
-    )
+from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
 
 
 @operation()
 def packages(
-    packages: list[str], lock_timeout_s: int = LOCK_TIMEOUT_S
+    packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S
 ) -> Generator[str, None, None]:
     """Install the packages that are missing; refresh the package lists first when any is."""
     installed = host.get_fact(DebPackages)
@@ -33,6 +25,4 @@ def packages(
     if not missing:
         host.noop(f"apt packages are installed: {', '.join(packages)}")
         return
-    apt = apt_get(lock_timeout_s)
-    names = " ".join(shlex.quote(p) for p in missing)
-    yield f"{apt} update && {apt} install -y --no-install-recommends {names}"
+    yield apt_install(missing, lock_timeout_s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections.abc import Generator, Mapping
-from functools import cache
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,8 @@ from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
+from gpurig.controller import file_sha256
 from gpurig.facts.system import FileSizes, FileState
-
-
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@cache
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    """A controller file's sha256, once per process and version of the file (every host asks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @operation()
@@ -47,7 +32,7 @@ def installed(
     a dry run can tell whether `then` will run.
     """
     current = host.get_fact(FileState, path=dest)
-    digest = _file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
+    digest = file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
     new_content = current is None or current.sha256 != digest
     commands: list[Any] = []
     if new_content:

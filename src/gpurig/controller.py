@@ -1,0 +1,88 @@
+"""The controller's side of a run: the spec and lock loaded once, and each host's plan.
+
+Both front ends call `Controller.host_plan` with the host's facts and its variables (pyinfra
+host data, Ansible inventory variables: one vocabulary, gpurig.overrides) and render what it
+returns. This module does the controller's I/O (the bloomkit wheel, hashes of the files it
+pushes, the offline wheelhouse); the plan itself (gpurig.plan) stays pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from gpurig import bloomkit_wheel, loading, overrides, plan, wheelhouse
+from gpurig.bloomkit_wheel import Wheel
+from gpurig.errors import UsageError
+from gpurig.lock import Lock, _uv
+from gpurig.model.host import GpuState, HostFacts
+from gpurig.plan import ControllerFiles, HostPlan
+from gpurig.preflight import Verdict
+from gpurig.spec import Stack
+
+
+@cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """A controller file's sha256, once per process and version of the file (every host asks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    stat = Path(path).stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Controller:
+    stack_path: Path
+    stack: Stack  # stack.yml, before any host's overrides
+    lock: Lock
+    wheel: Wheel
+
+    @classmethod
+    def load(cls, stack_path: Path, lock_dir: Path) -> Controller:
+        stack, locked = loading.stack_and_lock(stack_path, lock_dir)
+        return cls(stack_path, stack, locked, bloomkit_wheel.build_kept())
+
+    def host_stack(self, values: Mapping[str, Any]) -> Stack:
+        return overrides.host_stack(self.stack, values)
+
+    def verdict(self, stack: Stack, facts: HostFacts) -> Verdict:
+        return plan.decide(self.stack, stack, self.lock, facts)
+
+    def files(self, stack: Stack, verdict: Verdict) -> ControllerFiles:
+        target = verdict.target
+        assert target is not None
+        uv = _uv()
+        ca = stack.network.ca_bundle
+        return ControllerFiles(
+            wheel=self.wheel,
+            uv=(uv, file_sha256(uv)),
+            ca_sha256=file_sha256(ca) if ca else None,
+            requirements=self.lock.requirements(target).read_text(),
+            wheels=wheelhouse.host_wheels(stack, self.lock, target, self.wheel),
+        )
+
+    def host_plan(
+        self,
+        values: Mapping[str, Any],
+        facts: HostFacts,
+        gpu: GpuState | None = None,
+        apt_sources: Iterable[Mapping[str, Any]] = (),
+    ) -> HostPlan:
+        """One host's plan from its variables and facts; a refusal when preflight says no."""
+        try:
+            stack = self.host_stack(values)
+        except UsageError as error:  # invalid host data: that host stops, the others go on
+            return plan.build(self.stack, facts, Verdict(problems=[str(error)]), None)
+        verdict = self.verdict(stack, facts)
+        files = self.files(stack, verdict) if verdict.ok and verdict.target else None
+        return plan.build(stack, facts, verdict, files, gpu, apt_sources, values)

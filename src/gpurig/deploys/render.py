@@ -1,0 +1,81 @@
+"""Plan steps as pyinfra operations: one renderer per step kind, and nothing decided here.
+
+Every operation is named after its step (`step.name`), so a run's operations map back to the
+plan step by step (tests/unit/test_plan_parity.py compares them with the Ansible roles').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra.operations import files as pyinfra_files
+
+from gpurig.operations import apt, files, users
+from gpurig.operations.python import managed_python
+from gpurig.operations.venv import locked_venv
+from gpurig.plan.steps import (
+    AptPackages,
+    Directories,
+    File,
+    ServiceUser,
+    Step,
+    UvPython,
+    Venv,
+    Wheels,
+)
+
+
+def _file(step: File) -> None:
+    if not step.present:
+        pyinfra_files.file(name=step.name, path=step.path, present=False)
+        return
+    src = Path(step.src) if step.src else (step.content or "").encode()
+    files.installed(
+        name=step.name,
+        src=src,
+        dest=step.path,
+        mode=step.mode,
+        owner=f"{step.owner}:{step.group}",
+        then=step.then,
+    )
+
+
+def _directories(step: Directories) -> None:
+    for path in step.paths:
+        pyinfra_files.directory(
+            name=f"{step.name}: {path}",
+            path=path,
+            user=step.owner,
+            group=step.group,
+            mode=step.mode.lstrip("0") or "0",
+        )
+
+
+def apply(step: Step) -> None:
+    """Add the operations that converge `step` on the current host."""
+    if isinstance(step, File):
+        _file(step)
+    elif isinstance(step, AptPackages):
+        apt.packages(name=step.name, packages=step.packages, lock_timeout_s=step.lock_timeout_s)
+    elif isinstance(step, ServiceUser):
+        users.service_user(name=step.name, user=step.user, home=step.home, shell=step.shell)
+    elif isinstance(step, Directories):
+        _directories(step)
+    elif isinstance(step, UvPython):
+        managed_python(
+            name=step.name,
+            version=step.version,
+            install_dir=step.install_dir,
+            env=step.env,
+            env_file=step.env_file or None,
+        )
+    elif isinstance(step, Wheels):
+        files.pushed(
+            name=step.name,
+            files={w.name: (w.src, w.sha256) for w in step.wheels},
+            directory=step.directory,
+        )
+    elif isinstance(step, Venv):
+        locked_venv(name=step.name, step=step)
+    else:
+        raise TypeError(f"no pyinfra renderer for {type(step).__name__} ({step.id})")

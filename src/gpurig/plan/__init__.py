@@ -1,0 +1,172 @@
+"""The host plan: everything a front end needs to converge one host, as typed data.
+
+`build(...)` is a pure function of the spec (with the host's overrides), the lock, the host's
+facts and what the controller brings (the bloomkit wheel, uv, wheels to push). It imports
+neither pyinfra nor Ansible: the pyinfra deploys (gpurig.deploys), the Ansible roles (through
+gpurig.ansible_bridge) and the images render the same plan, so a host's end state cannot
+depend on the tool that made it. `HostPlan.to_json()` is what the Ansible roles act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpurig import preflight
+from gpurig.bloomkit_wheel import Wheel
+from gpurig.errors import GpurigError
+from gpurig.lock import Lock
+from gpurig.model.host import GpuState, HostFacts
+from gpurig.overrides import overridden_lock_inputs
+from gpurig.plan import python, smoke, system, venv
+from gpurig.plan.driver import Driver, driver_section
+from gpurig.plan.steps import Stage, Step, WheelFile
+from gpurig.preflight import Verdict
+from gpurig.spec import Stack
+
+STAGES = ("system", "python", "nvidia", "llm_env", "verify")
+# The OS dispatch of the roles (vars/<distribution>.yml, setup-<os_family>.yml).
+OS_NAMES = {"debian": ("Debian", "Debian"), "ubuntu": ("Ubuntu", "Debian")}
+
+
+@dataclass(frozen=True)
+class ControllerFiles:
+    """What the controller brings to a host, read (and hashed) by the caller."""
+
+    wheel: Wheel  # bloomkit's
+    uv: tuple[str, str]  # the controller's uv binary: path, sha256
+    ca_sha256: str | None  # of network.ca_bundle, when set
+    requirements: str  # the lock's requirements text for the host's target
+    wheels: list[WheelFile]  # everything to push (wheelhouse.host_wheels)
+
+
+@dataclass
+class HostPlan:
+    stack: Stack  # with the host's overrides
+    facts: HostFacts
+    verdict: Verdict
+    stages: list[Stage] = field(default_factory=list)
+    driver: Driver | None = None
+    skip_smoke: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok
+
+    def stage(self, name: str) -> list[Step]:
+        return next((s.steps for s in self.stages if s.name == name), [])
+
+    def steps(self) -> list[Step]:
+        return [step for stage in self.stages for step in stage.steps]
+
+    def to_json(self) -> dict[str, Any]:
+        facts, verdict = self.facts, self.verdict
+        target = verdict.target
+        distribution, family = OS_NAMES.get(facts.os_id, (facts.os_id.capitalize(), ""))
+        return {
+            "ok": self.ok,
+            "problems": verdict.problems,
+            "notes": verdict.notes,
+            "facts": dataclasses.asdict(facts),
+            "os_name": facts.os_name,
+            "distribution": distribution,
+            "os_family": family or facts.os_id.capitalize(),
+            "has_gpu": bool(facts.gpus),
+            "systemd": facts.systemd,
+            "install_driver": verdict.install_driver,
+            "target": target.name if target else None,
+            "variant": target.variant if target else None,
+            "torch": target.torch if target else None,
+            "python": verdict.python,
+            "uv_python": verdict.uv_python,
+            "skip_smoke": self.skip_smoke,
+            "user": self.stack.host.user,
+            "venv_link": self.stack.host.venv,
+            "report": self.stack.host.report,
+            "stages": {s.name: [step.id for step in s.steps] for s in self.stages},
+            "steps": {step.id: step.to_json() for step in self.steps()},
+            "driver": self.driver.to_json() if self.driver else None,
+        }
+
+
+def plan_problems(base: Stack, stack: Stack, verdict: Verdict) -> list[str]:
+    """What the front ends add to `preflight.evaluate`: host overrides and install mode."""
+    problems = []
+    changed = overridden_lock_inputs(base, stack)
+    if changed:
+        problems.append(
+            f"host data {', '.join(changed)} changes what lock/ was resolved from: set it in "
+            "stack.yml and run `gpurig resolve`"
+        )
+    if stack.install.offline and verdict.uv_python:
+        problems.append(
+            f"offline install needs the distribution's python3 to be one of {stack.python}: "
+            "uv cannot download a Python without an index (add this host's version to "
+            "stack.yml's python and run `gpurig resolve`)"
+        )
+    return problems
+
+
+def decide(base: Stack, stack: Stack, locked: Lock, facts: HostFacts) -> Verdict:
+    """Preflight's verdict for this host, with the plan's own checks."""
+    verdict = preflight.evaluate(facts, stack, locked)
+    verdict.problems += plan_problems(base, stack, verdict)
+    return verdict
+
+
+def build(
+    stack: Stack,
+    facts: HostFacts,
+    verdict: Verdict,
+    files: ControllerFiles | None,
+    gpu: GpuState | None = None,
+    apt_sources: Iterable[Mapping[str, Any]] = (),
+    knobs: Mapping[str, Any] | None = None,
+) -> HostPlan:
+    """The whole plan of a host that passed preflight (`files` given), else its refusal.
+
+    gpu: the GPU layer's state (GPU hosts); apt_sources: the host's apt sources (Debian's
+    non-free list is written from them); knobs: the front-end knobs (gpurig.overrides.KNOBS).
+    """
+    from gpurig.overrides import knob
+
+    values = knobs or {}
+    result = HostPlan(stack, facts, verdict, skip_smoke=bool(knob(values, "gpurig_skip_smoke")))
+    target = verdict.target
+    if not verdict.ok or target is None or verdict.python is None or files is None:
+        return result
+    if facts.gpus:
+        try:
+            result.driver = driver_section(
+                stack, facts, gpu or GpuState(), verdict, apt_sources, values
+            )
+        except GpurigError as error:
+            verdict.problems.append(str(error))
+            return result
+    has_gpu = bool(facts.gpus)
+    result.stages = [
+        Stage("system", system.steps(stack, files.ca_sha256)),
+        Stage(
+            "python",
+            python.steps(stack, verdict.python, verdict.uv_python, files.uv[0], files.uv[1]),
+        ),
+        Stage(
+            "llm_env",
+            venv.steps(
+                stack,
+                target,
+                files.wheel,
+                verdict.python,
+                verdict.uv_python,
+                files.requirements,
+                files.wheels,
+            ),
+        ),
+        Stage(
+            "verify",
+            [] if result.skip_smoke or not stack.smoke.on_deploy else [smoke.step(stack, has_gpu)],
+        ),
+    ]
+    return result

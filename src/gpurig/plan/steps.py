@@ -1,0 +1,145 @@
+"""The steps of a host plan: typed, ordered, serialisable data that every front end renders.
+
+A step says *what* a host gets (a file with its exact bytes, apt packages, a user, a venv built
+by this script), never *how* a tool applies it: the pyinfra deploys turn each kind into
+operations, the Ansible roles into tasks. Each step has a stable `id` that both front ends name
+in what they render, so a test can compare them step by step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: ClassVar[str]
+    id: str  # stable: <stage>.<what>, e.g. system.environment
+    name: str  # sentence case: the operation's or task's name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class File(Step):
+    """`path` holds `content` (or a copy of the controller file `src`), or is absent."""
+
+    kind: ClassVar[str] = "file"
+    path: str = ""
+    content: str | None = None
+    src: str | None = None  # a controller file, when the bytes are not text the plan carries
+    sha256: str = ""  # of content or src: what a front end compares the host's copy with
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+    present: bool = True
+    then: str | None = None  # shell run as root after the content changed
+
+    @classmethod
+    def text(cls, id: str, name: str, path: str, content: str, **kw: Any) -> File:
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        return cls(id, name, path=path, content=content, sha256=digest, **kw)
+
+    @classmethod
+    def copy(cls, id: str, name: str, path: str, src: str, sha256: str, **kw: Any) -> File:
+        return cls(id, name, path=path, src=src, sha256=sha256, **kw)
+
+    @classmethod
+    def absent(cls, id: str, name: str, path: str) -> File:
+        return cls(id, name, path=path, present=False)
+
+
+@dataclass(frozen=True)
+class AptPackages(Step):
+    """Debian packages installed (no recommends), apt waiting a bounded time for the dpkg lock."""
+
+    kind: ClassVar[str] = "apt"
+    packages: list[str] = field(default_factory=list)
+    lock_timeout_s: int = 120
+
+
+@dataclass(frozen=True)
+class ServiceUser(Step):
+    """A system account with a home and a shell: no password, no sudo, in its own group."""
+
+    kind: ClassVar[str] = "user"
+    user: str = ""
+    home: str = ""
+    shell: str = "/bin/bash"
+
+
+@dataclass(frozen=True)
+class Directories(Step):
+    kind: ClassVar[str] = "directories"
+    paths: list[str] = field(default_factory=list)
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0755"
+
+
+@dataclass(frozen=True)
+class UvPython(Step):
+    """A uv-managed Python, for hosts whose distribution python3 is not one the spec lists."""
+
+    kind: ClassVar[str] = "uv_python"
+    version: str = ""
+    uv: str = ""
+    install_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # uv's settings (no secrets)
+    env_file: str = ""  # sourced first: the proxy and the trust store, kept off command lines
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    name: str
+    src: str  # on the controller
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Wheels(Step):
+    """Wheels the hosts cannot download (local builds, bloomkit, an offline wheelhouse)."""
+
+    kind: ClassVar[str] = "wheels"
+    directory: str = ""
+    wheels: list[WheelFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Venv(Step):
+    """The locked venv, built and swapped in by `script` (one script for every front end).
+
+    Complete when `venv_dir`/<marker file> holds `marker` and `link` points at `venv_dir`;
+    the script checks that itself under a lock, so running it on a converged host changes
+    nothing (it prints `gpurig: changed` when it did change something).
+    """
+
+    kind: ClassVar[str] = "venv"
+    link: str = ""
+    venvs_dir: str = ""
+    venv_dir: str = ""
+    marker_file: str = ""
+    marker: str = ""
+    requirements_path: str = ""
+    script: str = ""
+
+
+@dataclass(frozen=True)
+class Smoke(Step):
+    """`bloomkit smoke` as the service user; it runs on every deploy, by design."""
+
+    kind: ClassVar[str] = "smoke"
+    user: str = ""
+    report: str = ""  # on the host
+    timeout_s: int = 0
+    command: str = ""  # prints gpurig-smoke-exit=<code> last
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # system, python, nvidia, llm_env, verify
+    steps: list[Step] = field(default_factory=list)

@@ -1,0 +1,117 @@
+"""The system stage's plan: trust, proxy, apt packages, the environment file, the service user."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import PurePosixPath
+
+from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
+from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
+from gpurig.spec import Stack
+
+APT_LOCK_TIMEOUT_S = 120  # unattended-upgrades on a fresh VM holds the dpkg lock for a while
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+# ca-certificates' own install runs the update too, if the package comes later.
+UPDATE_CA = "if command -v update-ca-certificates >/dev/null; then update-ca-certificates; fi"
+
+
+def _value(text: str) -> str:
+    """A value both sh and systemd's EnvironmentFile read back unchanged."""
+    return text if SAFE_VALUE.match(text) else "'" + text.replace("'", "'\\''") + "'"
+
+
+def environment(stack: Stack) -> dict[str, str]:
+    """What LLM jobs on the host run with: /etc/gpurig/environment, and uv's installs."""
+    env = {
+        "HF_HOME": stack.host.hf_home,
+        "SSL_CERT_FILE": SYSTEM_CA_BUNDLE,
+        "REQUESTS_CA_BUNDLE": SYSTEM_CA_BUNDLE,
+    }
+    if stack.install.offline:
+        env["HF_HUB_OFFLINE"] = "1"  # an air-gapped host must not wait on the Hub
+    if stack.network.proxy:
+        no_proxy = ",".join(stack.network.no_proxy)
+        for name in ("http_proxy", "https_proxy"):
+            env[name] = env[name.upper()] = stack.network.proxy
+        env["no_proxy"] = env["NO_PROXY"] = no_proxy
+    return env
+
+
+def environment_file(stack: Stack) -> str:
+    lines = ["# Written by gpurig: the environment of LLM jobs (KEY=value: sh, systemd)."]
+    lines += [f"{key}={_value(value)}" for key, value in environment(stack).items()]
+    return "\n".join(lines) + "\n"
+
+
+def apt_proxy(proxy: str) -> str:
+    quoted = proxy.replace('"', "")
+    return (
+        "// Written by gpurig (network.proxy in stack.yml).\n"
+        f'Acquire::http::Proxy "{quoted}";\nAcquire::https::Proxy "{quoted}";\n'
+    )
+
+
+def apt_get(lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
+    """apt-get as every gpurig step runs it: quiet, no prompts, a bounded dpkg-lock wait."""
+    return (
+        "DEBIAN_FRONTEND=noninteractive apt-get -q "
+        f"-o DPkg::Lock::Timeout={int(lock_timeout_s)} -o Dpkg::Use-Pty=0"
+    )
+
+
+def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
+    """Refresh the lists, then install; `--` so that no name is read as an option."""
+    apt = apt_get(lock_timeout_s)
+    names = " ".join(shlex.quote(p) for p in packages)
+    return f"{apt} update && {apt} install -y --no-install-recommends -- {names}"
+
+
+def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
+    """ca_sha256: of the controller's CA bundle (network.ca_bundle), read by the caller."""
+    out: list[Step] = []
+    if stack.network.ca_bundle:
+        assert ca_sha256 is not None
+        out.append(
+            File.copy(
+                "system.ca",
+                "Trust the CA bundle",
+                CA_FILE,
+                src=stack.network.ca_bundle,
+                sha256=ca_sha256,
+                then=UPDATE_CA,
+            )
+        )
+    if stack.network.proxy:
+        proxy = apt_proxy(stack.network.proxy)
+        out.append(
+            File.text("system.apt_proxy", "Send apt through the proxy", APT_PROXY_FILE, proxy)
+        )
+    else:
+        out.append(File.absent("system.apt_proxy", "No apt proxy", APT_PROXY_FILE))
+    out.append(
+        AptPackages(
+            "system.apt",
+            "Install apt packages",
+            packages=list(dict.fromkeys(["ca-certificates", *stack.apt_packages])),
+            lock_timeout_s=APT_LOCK_TIMEOUT_S,
+        )
+    )
+    out.append(
+        File.text(
+            "system.environment", "Write the environment file", ENV_FILE, environment_file(stack)
+        )
+    )
+    user = stack.host.user
+    out.append(ServiceUser("system.user", "Create the service user", user=user, home=STATE_DIR))
+    folders = [STATE_DIR, str(PurePosixPath(stack.host.report).parent), stack.host.hf_home]
+    out.append(
+        Directories(
+            "system.folders",
+            "Give the service user its state, report and cache folders",
+            paths=list(dict.fromkeys(folders)),
+            owner=user,
+            group=user,
+        )
+    )
+    return out

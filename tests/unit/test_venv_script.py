@@ -1,0 +1,191 @@
+"""The venv build script for real, on this machine: uv, a hash-pinned wheel, no index.
+
+Checks what the integration tests check on a host, in a second: a build marks its venv only
+when complete, a failed build leaves the live venv alone, and the live link moves by rename.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpurig.facts.system import VenvState
+from gpurig.hostlayout import MARKER
+from gpurig.plan.venv import CHANGED, build_script, marker_json
+
+UV = str(Path(sys.executable).with_name("uv"))
+pytestmark = pytest.mark.skipif(not Path(UV).exists(), reason="needs the .venv's uv")
+
+
+def make_wheel(folder: Path, version: str) -> tuple[Path, str]:
+    """A minimal pure wheel: module demo_pkg with VERSION."""
+    name = f"demo_pkg-{version}-py3-none-any.whl"
+    info = f"demo_pkg-{version}.dist-info"
+    files = {
+        "demo_pkg/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: demo-pkg\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, content in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(content.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(content.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, content in files.items():
+            archive.writestr(member, content)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    link: str
+    venvs_dir: str
+    venv_dir: str
+    marker: str
+    script: str
+
+
+def plan_for(root: Path, version: str, check: str | None = None) -> Plan:
+    wheels = root / "wheels"
+    wheels.mkdir(exist_ok=True)
+    _, sha = make_wheel(wheels, version)
+    requirements = root / f"req-{version}.txt"
+    requirements.write_text(f"demo-pkg=={version} --hash=sha256:{sha}\n")
+    identity = f"cpu-cp311-{sha[:12]}"
+    link, venvs = str(root / "venv"), str(root / "venvs")
+    marker = marker_json({"venv_id": identity})
+    script = build_script(
+        link=link,
+        venvs_dir=venvs,
+        venv_dir=f"{venvs}/{identity}",
+        requirements_path=str(requirements),
+        python=sys.executable,
+        marker=marker,
+        check=check or f"import demo_pkg; assert demo_pkg.VERSION == {version!r}",
+        source_args=["--offline", "--no-index", "--find-links", str(wheels)],
+        env={"UV_CACHE_DIR": str(root / "cache")},
+        env_file=None,
+        uv=UV,
+    )
+    return Plan(link, venvs, f"{venvs}/{identity}", marker, script)
+
+
+def run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def state(plan: Plan):  # type: ignore[no-untyped-def]
+    fact = VenvState()
+    command = fact.command(link=plan.link, venvs_dir=plan.venvs_dir, marker=MARKER)
+    out = run(command)
+    assert out.returncode == 0, out.stderr
+    return fact.process(out.stdout.splitlines())
+
+
+def live_version(root: Path) -> str:
+    python = root / "venv" / "bin" / "python"
+    out = subprocess.run(
+        [str(python), "-c", "import demo_pkg; print(demo_pkg.VERSION)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_build_marks_the_venv_last_and_swaps_the_link(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    out = run(plan.script)
+    assert out.returncode == 0, out.stderr
+    assert os.readlink(plan.link) == plan.venv_dir
+    assert live_version(tmp_path) == "1.0"
+    facts = state(plan)
+    assert facts.live == plan.venv_dir
+    assert facts.markers == {plan.venv_dir: plan.marker}
+    assert json.loads((Path(plan.venv_dir) / MARKER).read_text()) == json.loads(plan.marker)
+    assert not any(p.stat().st_mode & 0o022 for p in Path(plan.venv_dir).rglob("*"))
+
+
+def test_a_failed_build_leaves_the_live_venv_alone_then_a_rerun_converges(
+    tmp_path: Path,
+) -> None:
+    first = plan_for(tmp_path, "1.0")
+    assert run(first.script).returncode == 0
+    broken = plan_for(tmp_path, "2.0", check="raise SystemExit('import check failed')")
+    out = run(broken.script)
+    assert out.returncode != 0
+    assert "import check failed" in out.stderr
+    assert os.readlink(first.link) == first.venv_dir  # still the old, complete venv
+    assert live_version(tmp_path) == "1.0"
+    assert broken.venv_dir not in state(broken).markers  # no marker: it will be rebuilt
+    fixed = plan_for(tmp_path, "2.0")
+    assert run(fixed.script).returncode == 0
+    assert live_version(tmp_path) == "2.0"
+    assert sorted(state(fixed).mtimes) == sorted([first.venv_dir, fixed.venv_dir])
+
+
+def test_a_third_venv_removes_the_oldest(tmp_path: Path) -> None:
+    plans = [plan_for(tmp_path, v) for v in ("1.0", "2.0", "3.0")]
+    for plan in plans:
+        assert run(plan.script).returncode == 0
+    assert sorted(state(plans[2]).mtimes) == sorted([plans[1].venv_dir, plans[2].venv_dir])
+
+
+def test_a_venv_completed_meanwhile_is_not_rebuilt(tmp_path: Path) -> None:
+    # A cut-off run's install finished on the host after the controller went away.
+    plan = plan_for(tmp_path, "1.0")
+    assert run(plan.script).returncode == 0
+    sentinel = Path(plan.venv_dir) / "sentinel"
+    sentinel.write_text("kept")
+    assert run(plan.script).returncode == 0
+    assert sentinel.exists()
+
+
+def test_a_converged_venv_changes_nothing_and_says_nothing(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    first = run(plan.script)
+    assert first.returncode == 0, first.stderr
+    assert f"{CHANGED}build {plan.venv_dir}" in first.stdout
+    again = run(plan.script)
+    assert again.returncode == 0, again.stderr
+    assert CHANGED not in again.stdout  # what Ansible's changed_when reads
+
+
+def test_a_dry_run_says_what_it_would_change_and_changes_nothing(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    out = run(plan.script, GPURIG_DRY_RUN="1")
+    assert out.returncode == 0, out.stderr
+    assert f"{CHANGED}build {plan.venv_dir}" in out.stdout
+    assert f"{CHANGED}point {plan.link} at {plan.venv_dir}" in out.stdout
+    assert not Path(plan.venvs_dir).exists()
+    assert not os.path.lexists(plan.link)
+
+
+def test_a_directory_at_the_live_path_is_kept_for_rollback(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    Path(plan.link).mkdir()
+    (Path(plan.link) / "mine").write_text("someone's venv")
+    out = run(plan.script)
+    assert out.returncode == 0, out.stderr
+    assert os.readlink(plan.link) == plan.venv_dir
+    kept = [p for p in Path(plan.venvs_dir).iterdir() if p.name.startswith("replaced-")]
+    assert [(p / "mine").read_text() for p in kept] == ["someone's venv"]
