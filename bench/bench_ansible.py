@@ -2,7 +2,7 @@
 
 1. fresh host to green smoke, one host each: `ansible-playbook playbooks/gpu.yml` and
    `gpurig deploy` (pyinfra);
-2. no-change re-run on that host (smoke skipped: -e gpurig_smoke_enabled=false, --skip-smoke),
+2. no-change re-run on that host (smoke skipped: -e gpurig_skip_smoke=true, --skip-smoke),
    median of three;
 3. four fresh hosts deployed together (no smoke), then their no-change re-run, median of three.
 
@@ -61,7 +61,9 @@ def pyinfra(hosts: list[str], *args: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-ansible.json")
-    parser.add_argument("--hosts", type=int, default=4, help="size of the multi-host runs")
+    parser.add_argument(
+        "--hosts", type=int, default=4, help="size of the multi-host runs (0: one host only)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts")
     args = parser.parse_args()
     ensure_engine()
@@ -76,7 +78,7 @@ def main() -> int:
     }
     env.pop("GPURIG_HOSTS", None)
     inventory = fleet.state.ansible_inventory_file
-    no_smoke_ansible = ("-e", '{"gpurig_smoke_enabled": false}')
+    no_smoke_ansible = ("-e", '{"gpurig_skip_smoke": true}')
     figures: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
     try:
         print("starting identical fresh bookworm hosts", flush=True)
@@ -91,22 +93,10 @@ def main() -> int:
         ):
             runs = [timed(f"{name} run {i + 1}", command, env) for i in range(RERUNS)]
             figures[f"rerun_1_{name}_s"] = statistics.median(runs)
-        print(f"{args.hosts} fresh hosts each, deployed together (no smoke):", flush=True)
-        group_a = [h.name for h in fleet.up(args.hosts)]
-        group_p = [h.name for h in fleet.up(args.hosts)]
-        n = args.hosts
-        figures[f"fresh_{n}_ansible_s"] = timed(
-            "ansible", ansible(inventory, group_a, *no_smoke_ansible), env
-        )
-        figures[f"fresh_{n}_pyinfra_s"] = timed("pyinfra", pyinfra(group_p, "--skip-smoke"), env)
-        print(f"no-change re-run, {n} hosts (no smoke):", flush=True)
-        for name, command in (
-            ("ansible", ansible(inventory, group_a, *no_smoke_ansible)),
-            ("pyinfra", pyinfra(group_p, "--skip-smoke")),
-        ):
-            runs = [timed(f"{name} run {i + 1}", command, env) for i in range(RERUNS)]
-            figures[f"rerun_{n}_{name}_s"] = statistics.median(runs)
-        for kind in ("fresh_1", "rerun_1", f"fresh_{n}", f"rerun_{n}"):
+        kinds = ["fresh_1", "rerun_1"]
+        if args.hosts:
+            kinds += multi_host(fleet, inventory, env, args.hosts, no_smoke_ansible, figures)
+        for kind in kinds:
             figures[f"{kind}_ansible_over_pyinfra"] = round(
                 figures[f"{kind}_ansible_s"] / figures[f"{kind}_pyinfra_s"], 2
             )
@@ -117,6 +107,32 @@ def main() -> int:
     print(json.dumps(figures, indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def multi_host(
+    fleet: Fleet,
+    inventory: Path,
+    env: dict[str, str],
+    n: int,
+    no_smoke_ansible: tuple[str, str],
+    figures: dict[str, Any],
+) -> list[str]:
+    """n fresh hosts for each front end, deployed together, then their no-change re-run."""
+    print(f"{n} fresh hosts each, deployed together (no smoke):", flush=True)
+    group_a = [h.name for h in fleet.up(n)]
+    group_p = [h.name for h in fleet.up(n)]
+    figures[f"fresh_{n}_ansible_s"] = timed(
+        "ansible", ansible(inventory, group_a, *no_smoke_ansible), env
+    )
+    figures[f"fresh_{n}_pyinfra_s"] = timed("pyinfra", pyinfra(group_p, "--skip-smoke"), env)
+    print(f"no-change re-run, {n} hosts (no smoke):", flush=True)
+    for name, command in (
+        ("ansible", ansible(inventory, group_a, *no_smoke_ansible)),
+        ("pyinfra", pyinfra(group_p, "--skip-smoke")),
+    ):
+        runs = [timed(f"{name} run {i + 1}", command, env) for i in range(RERUNS)]
+        figures[f"rerun_{n}_{name}_s"] = statistics.median(runs)
+    return [f"fresh_{n}", f"rerun_{n}"]
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ from typing import Any
 from pyinfra.facts.apt import AptSources
 from rich.console import Console
 
-from gpurig import lock, report
+from gpurig import diagnose, lock, report
 from gpurig.controller import Controller
+from gpurig.diagnose import Context
 from gpurig.errors import GpurigError
 from gpurig.facts import gpu as gpu_facts
 from gpurig.facts.gpu import GpuHost
 from gpurig.facts.system import HostProbe, to_host_facts
+from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan import smoke
 
@@ -158,3 +160,20 @@ def fleet_summary(
     console = Console(file=out, width=140, color_system=None, highlight=False)
     ok = report.print_summary(report.load_run(reports_dir), console)
     return ok, [line.rstrip() for line in out.getvalue().rstrip().splitlines()]
+
+
+def driver_diagnoses(
+    output: str, context: Mapping[str, Any], facts: Mapping[str, Any] | None, gpu_stdout: str
+) -> list[str]:
+    """A failed driver step's named diagnoses, as the pyinfra stage names them: its output,
+    then the GPU fact read right after the failure (gpu_stdout: GpuHost's output, or "")."""
+    state = GpuHost().process(gpu_stdout.splitlines()) if gpu_stdout.strip() else None
+    base = None
+    if facts:
+        base = HostFacts(**{**facts, "gpus": []})  # the GPU fields come from the new read
+    found = diagnose.after_failure(output, Context(**context), base, state, f"{LOG_DIR}/")
+    return [str(d) for d in found]
+
+
+def gpu_probe_command() -> str:
+    return "/bin/sh -c " + shlex.quote(GpuHost().command())

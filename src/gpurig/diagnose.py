@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gpurig.model.host import HostFacts
+    from gpurig.model.host import GpuState, HostFacts
 
 # Names are stable: reports, tests and docs/gpu.md match on them.
 DPKG_LOCKED = "dpkg lock held"
@@ -459,3 +459,23 @@ def _unique(diagnoses: Iterable[Diagnosis]) -> list[Diagnosis]:
             seen.add(diagnosis.name)
             out.append(diagnosis)
     return out
+
+
+def after_failure(
+    text: str,
+    context: Context,
+    facts: HostFacts | None,
+    state: GpuState | None,
+    log: str | None = None,
+) -> list[Diagnosis]:
+    """The named diagnoses of a failed driver step, from every front end: its output, then the
+    host's GPU state read right after (None when that read failed too)."""
+    from gpurig.model.host import HostFacts, apply
+
+    found = from_output(text, context)
+    if state is not None:
+        base = facts or HostFacts(
+            "unknown", "unknown", "x86_64", None, None, 0.0, 0.0, True, state.systemd
+        )
+        found += from_facts(apply(base, state))
+    return ranked(found) or [unrecognised(text, log)]

@@ -25,6 +25,11 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's store, what 
 PYTHON_DIR = "/opt/gpurig/python"  # uv-managed Pythons, when the distribution's does not fit
 REQUIREMENTS_DIR = "/var/cache/gpurig/requirements"  # what each venv is built from
 LOG_DIR = "/var/log/gpurig"  # full logs of the driver steps; their output names the failure
+# The driver stage's files.
+NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"
+UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpurig-nvidia"
+PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/gpurig.conf"
+NONFREE_LIST = "/etc/apt/sources.list.d/gpurig-debian-nonfree.list"
 
 
 @dataclass(frozen=True)

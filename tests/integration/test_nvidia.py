@@ -13,6 +13,7 @@ facts (tests/unit/test_nvidia_deploy.py), as are a loaded driver that is too old
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -135,6 +136,41 @@ def test_an_unreachable_cuda_repository_is_named(sandbox_fleet: Fleet, tmp_path:
     assert "Fix: let it reach developer.download.nvidia.com" in failure[0]
     _status, out = fleet.ssh(fleet.hosts[0].name, "dpkg -l cuda-keyring 2>&1 | grep -c '^ii'")
     assert out.strip() == "0"  # nothing trusted, nothing installed
+
+
+def test_ansible_names_the_unreachable_repository_as_pyinfra_does(
+    sandbox_fleet: Fleet, tmp_path: Path
+) -> None:
+    """The same pretend-H100 host through the Ansible roles: the same one-line diagnosis."""
+    fleet = sandbox_fleet(
+        os="bookworm", count=1, pretend_gpu="H100", pretend_secure_boot=True, name="nvidia-sb"
+    )
+    env = {
+        **fleet.env,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "GPURIG_REPORTS_DIR": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    argv = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(fleet.ansible_inventory),
+        "playbooks/gpu.yml",
+    ]
+    run = subprocess.run(
+        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    report = json.loads((tmp_path / f"{fleet.hosts[0].name}.json").read_text())
+    (failure,) = report["failures"]
+    assert "CUDA repository unreachable" in failure, failure
+    assert "the host cannot download from NVIDIA's CUDA repository (curl error" in failure
+    assert "Fix: let it reach developer.download.nvidia.com" in failure
+    assert "Traceback" not in output
+    _status, out = fleet.ssh(fleet.hosts[0].name, "dpkg -l cuda-keyring 2>&1 | grep -c '^ii'")
+    assert out.strip() == "0"
 
 
 def test_a_host_without_a_gpu_skips_the_layer_or_fails_when_gpus_are_required(

@@ -12,9 +12,9 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from gpurig import hostlayout
-from gpurig.deploys.python import profile_script
-from gpurig.deploys.system import environment_file
 from gpurig.lock import Lock, _uv, parse_requirements
+from gpurig.plan.python import profile_script
+from gpurig.plan.system import environment_file
 from gpurig.spec import Stack
 
 pytestmark = [pytest.mark.integration]
@@ -78,12 +78,13 @@ def test_ca_bundle_is_trusted(host: Any, stack: Stack) -> None:
 
 
 def test_environment_and_login_profile(host: Any, stack: Stack) -> None:
-    for path, text in (
-        (hostlayout.ENV_FILE, environment_file(stack)),
-        (hostlayout.PROFILE_SCRIPT, profile_script(stack)),
+    for path, text, group, mode in (
+        # The environment file may hold the proxy's credentials: not world-readable.
+        (hostlayout.ENV_FILE, environment_file(stack), stack.host.user, 0o640),
+        (hostlayout.PROFILE_SCRIPT, profile_script(stack), "root", 0o644),
     ):
         found = host.file(path)
-        assert (found.user, found.group, found.mode) == ("root", "root", 0o644), path
+        assert (found.user, found.group, found.mode) == ("root", group, mode), path
         assert found.content_string == text, path
 
 

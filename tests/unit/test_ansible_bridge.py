@@ -112,8 +112,8 @@ def test_plan_for_a_cpu_host(fake_wheel: Wheel) -> None:
         "system.ca",
         "system.apt_proxy",
         "system.apt",
-        "system.environment",
         "system.user",
+        "system.environment",
         "system.folders",
     ]
     assert steps["system.environment"]["content"] == plan_system.environment_file(stack)

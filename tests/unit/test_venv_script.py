@@ -58,7 +58,9 @@ class Plan:
     script: str
 
 
-def plan_for(root: Path, version: str, check: str | None = None) -> Plan:
+def plan_for(
+    root: Path, version: str, check: str | None = None, env_file: str | None = None
+) -> Plan:
     wheels = root / "wheels"
     wheels.mkdir(exist_ok=True)
     _, sha = make_wheel(wheels, version)
@@ -77,7 +79,7 @@ def plan_for(root: Path, version: str, check: str | None = None) -> Plan:
         check=check or f"import demo_pkg; assert demo_pkg.VERSION == {version!r}",
         source_args=["--offline", "--no-index", "--find-links", str(wheels)],
         env={"UV_CACHE_DIR": str(root / "cache")},
-        env_file=None,
+        env_file=env_file,
         uv=UV,
     )
     return Plan(link, venvs, f"{venvs}/{identity}", marker, script)
@@ -171,7 +173,8 @@ def test_a_converged_venv_changes_nothing_and_says_nothing(tmp_path: Path) -> No
 
 
 def test_a_dry_run_says_what_it_would_change_and_changes_nothing(tmp_path: Path) -> None:
-    plan = plan_for(tmp_path, "1.0")
+    # A fresh host in check mode: the system stage has not written the environment file yet.
+    plan = plan_for(tmp_path, "1.0", env_file=str(tmp_path / "no-environment"))
     out = run(plan.script, GPURIG_DRY_RUN="1")
     assert out.returncode == 0, out.stderr
     assert f"{CHANGED}build {plan.venv_dir}" in out.stdout

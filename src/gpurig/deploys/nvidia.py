@@ -19,9 +19,10 @@ from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
-from gpurig.deploys import SPEC_DEFAULTS, host_plan
+from gpurig.deploys import host_plan
 from gpurig.facts import gpu
 from gpurig.operations import driver as ops
+from gpurig.plan import driver_scripts
 from gpurig.plan.driver import CUDA_KEY_FINGERPRINT
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 _SUDO: dict[str, Any] = {"_sudo": True}  # changes are made as root whatever the deploy sets
 
 
-@deploy("NVIDIA driver", data_defaults=SPEC_DEFAULTS)
+@deploy("NVIDIA driver")  # no spec defaults: the plan carries everything
 def nvidia_driver(plan: HostPlan | None = None) -> None:
     """The GPU layer for a host that passed preflight: install, load, check, lock, persist."""
     plan = plan or host_plan()
@@ -42,7 +43,7 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         host.noop("no NVIDIA GPU on the PCI bus: GPU stage skipped")
         return
     target, context = driver.plan, driver.context
-    kernel = context.kernel
+    name = driver_scripts.names(driver)  # the Ansible role runs the same steps by these names
     if driver.install:
         logger.info(f"{host.print_prefix}NVIDIA: {target.describe()}")
         if driver.nonfree_list:
@@ -63,14 +64,14 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         ops.blacklist_nouveau(name="Blacklist nouveau", content=driver.nouveau_blacklist, **_SUDO)
         if target.headers:
             ops.kernel_headers(
-                name=f"Install kernel headers for {kernel}",
+                name=name["headers"],
                 plan=target,
                 context=context,
                 verdict=verdict,
                 **_SUDO,
             )
         ops.apt_install(
-            name=f"Install NVIDIA {target.describe()}",
+            name=name["install"],
             packages=target.packages,
             log="nvidia-driver",
             context=context,
@@ -79,7 +80,7 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         )
         if not target.precompiled:
             ops.build_module(
-                name=f"Build the NVIDIA module for kernel {kernel}",
+                name=name["build_module"],
                 plan=target,
                 installing=driver.installing,
                 context=context,
@@ -87,16 +88,16 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
                 **_SUDO,
             )
         if target.mok:
-            ops.secure_boot_key(name="Check the DKMS signing key is enrolled", verdict=verdict)
+            ops.secure_boot_key(name=name["secure_boot_key"], verdict=verdict)
         ops.load_driver(
-            name="Load the NVIDIA driver",
+            name=name["load"],
             installing=driver.installing,
             context=context,
             verdict=verdict,
             **_SUDO,
         )
     ops.reboot_for_driver(
-        name="Reboot into the NVIDIA driver if an old module holds the GPU",
+        name=name["reboot_check"],
         allow=driver.allow_reboot,
         installing=driver.installing,
         timeout_s=driver.reboot_timeout_s,
@@ -104,7 +105,7 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         **_SUDO,
     )
     ops.check_driver(
-        name="Check nvidia-smi sees every GPU",
+        name=name["smi_check"],
         gpus=driver.gpus,
         pending=driver.install,
         allow_reboot=driver.allow_reboot,
@@ -143,7 +144,7 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
     )
     if driver.toolkit:
         ops.apt_install(
-            name=f"Install nvcc: {driver.toolkit_source}",
+            name=name["toolkit"],
             packages=driver.toolkit,
             log="cuda-toolkit",
             context=context,

@@ -37,6 +37,7 @@ def _file(step: File) -> None:
         mode=step.mode,
         owner=f"{step.owner}:{step.group}",
         then=step.then,
+        sha256=step.sha256 or None,  # the plan hashed it once for every host
     )
 
 

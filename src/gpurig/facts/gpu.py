@@ -8,13 +8,24 @@ anything (pyinfra 3 reads facts afresh on every call).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 
 from pyinfra.api.facts import FactBase
 
-from gpurig.model.host import GpuState, HostFacts, SmiGpu, pci_gpu
+from gpurig.hostlayout import NONFREE_LIST, NOUVEAU_CONF, PERSISTENCED_DROPIN, UNATTENDED_CONF
+from gpurig.model.host import GpuState, SmiGpu, apply, pci_gpu
+
+__all__ = [
+    "NONFREE_LIST",
+    "NOUVEAU_CONF",
+    "PERSISTENCED_DROPIN",
+    "UNATTENDED_CONF",
+    "GpuHost",
+    "GpuState",
+    "apply",
+    "parse",
+]
 
 NVIDIA_VENDOR = "10de"
 # /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  ..."
@@ -26,10 +37,6 @@ PACKAGE_PATTERN = (
 )
 SMI_FIELDS = "pci.bus_id,name,driver_version,compute_cap"
 # Files the driver stage writes: their sha256 tells it what to rewrite.
-NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"
-UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpurig-nvidia"
-PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/gpurig.conf"
-NONFREE_LIST = "/etc/apt/sources.list.d/gpurig-debian-nonfree.list"
 MANAGED_FILES = (NOUVEAU_CONF, UNATTENDED_CONF, PERSISTENCED_DROPIN, NONFREE_LIST)
 
 # Everything is read without sudo except the kernel log (dmesg_restrict): `sudo -n` or nothing.
@@ -253,22 +260,3 @@ class GpuHost(FactBase[GpuState]):
 
     def process(self, output: list[str]) -> GpuState:
         return parse(output)
-
-
-def apply(facts: HostFacts, state: GpuState) -> HostFacts:
-    """`facts` with its GPU fields taken from the GPU layer's own fact."""
-    return dataclasses.replace(
-        facts,
-        gpus=state.gpus,
-        driver_version=state.driver_version,
-        secure_boot=state.secure_boot,
-        nouveau_loaded=state.nouveau_loaded,
-        kernel=state.kernel or None,
-        kernel_headers=state.kernel_headers,
-        nvidia_module=state.module_version,
-        nvidia_smi=state.smi_output if state.smi_rc is not None else None,
-        nvidia_smi_rc=state.smi_rc,
-        kernel_log=state.kernel_log,
-        dkms=state.dkms,
-        dkms_mok_enrolled=state.dkms_mok_enrolled,
-    )

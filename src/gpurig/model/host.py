@@ -6,6 +6,7 @@ import this module, and it imports none of them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -187,3 +188,22 @@ class GpuState:
                 if match:
                     return match[1]
         return None
+
+
+def apply(facts: HostFacts, state: GpuState) -> HostFacts:
+    """`facts` with its GPU fields taken from the GPU layer's own fact."""
+    return dataclasses.replace(
+        facts,
+        gpus=state.gpus,
+        driver_version=state.driver_version,
+        secure_boot=state.secure_boot,
+        nouveau_loaded=state.nouveau_loaded,
+        kernel=state.kernel or None,
+        kernel_headers=state.kernel_headers,
+        nvidia_module=state.module_version,
+        nvidia_smi=state.smi_output if state.smi_rc is not None else None,
+        nvidia_smi_rc=state.smi_rc,
+        kernel_log=state.kernel_log,
+        dkms=state.dkms,
+        dkms_mok_enrolled=state.dkms_mok_enrolled,
+    )

@@ -17,21 +17,13 @@ from pyinfra.context import host
 
 from gpurig import diagnose
 from gpurig.diagnose import Context, Diagnosis
-from gpurig.facts import gpu
 from gpurig.facts.gpu import GpuHost
 from gpurig.hostlayout import LOG_DIR
-from gpurig.model.host import GpuState, HostFacts
+from gpurig.model.host import HostFacts
 from gpurig.operations import control
 from gpurig.preflight import Verdict
 
 FACTS_KEY = "gpurig_facts"  # host data preflight sets (gpurig.deploys.FACTS_KEY)
-
-
-def _facts_now(target: Host, state: GpuState) -> HostFacts:
-    base = target.data.get(FACTS_KEY)
-    if not isinstance(base, HostFacts):
-        base = HostFacts("unknown", "unknown", "x86_64", None, None, 0.0, 0.0, True, state.systemd)
-    return gpu.apply(base, state)
 
 
 def diagnoses_now(target: Host, text: str, context: Context) -> list[Diagnosis]:
@@ -40,10 +32,9 @@ def diagnoses_now(target: Host, text: str, context: Context) -> list[Diagnosis]:
         state = target.get_fact(GpuHost)
     except Exception:  # the connection may be what failed; the output alone still says much
         state = None
-    found = diagnose.from_output(text, context)
-    if state is not None:
-        found += diagnose.from_facts(_facts_now(target, state))
-    return diagnose.ranked(found) or [diagnose.unrecognised(text, f"{LOG_DIR}/")]
+    facts = target.data.get(FACTS_KEY)
+    base = facts if isinstance(facts, HostFacts) else None
+    return diagnose.after_failure(text, context, base, state, f"{LOG_DIR}/")
 
 
 def record(target: Host, found: list[Diagnosis], verdict: Verdict | None) -> None:

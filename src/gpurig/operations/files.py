@@ -24,6 +24,7 @@ def installed(
     mode: str = "644",
     owner: str = "root:root",
     then: str | None = None,
+    sha256: str | None = None,
 ) -> Generator[Any, None, None]:
     """`dest` holds `src` (bytes, or a controller file) with this mode and owner; `then` runs
     after its content changed.
@@ -32,7 +33,9 @@ def installed(
     a dry run can tell whether `then` will run.
     """
     current = host.get_fact(FileState, path=dest)
-    digest = file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
+    digest = sha256 or (
+        file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
+    )
     new_content = current is None or current.sha256 != digest
     commands: list[Any] = []
     if new_content:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from gpurig import preflight
@@ -22,7 +23,7 @@ from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
 from gpurig.plan import python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
-from gpurig.plan.steps import Stage, Step, WheelFile
+from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
@@ -61,6 +62,13 @@ class HostPlan:
     def steps(self) -> list[Step]:
         return [step for stage in self.stages for step in stage.steps]
 
+    def folders(self) -> list[str]:
+        """Folders the steps write into: pyinfra's file operations create them on the way,
+        Ansible's copy module does not, so the system role creates them first."""
+        found = {str(PurePosixPath(s.path).parent) for s in self.steps() if isinstance(s, File)}
+        found |= {s.directory for s in self.steps() if isinstance(s, Wheels)}
+        return sorted(found)
+
     def to_json(self) -> dict[str, Any]:
         facts, verdict = self.facts, self.verdict
         target = verdict.target
@@ -87,6 +95,7 @@ class HostPlan:
             "report": self.stack.host.report,
             "stages": {s.name: [step.id for step in s.steps] for s in self.stages},
             "steps": {step.id: step.to_json() for step in self.steps()},
+            "folders": self.folders(),
             "driver": self.driver.to_json() if self.driver else None,
         }
 
@@ -125,7 +134,8 @@ def build(
     apt_sources: Iterable[Mapping[str, Any]] = (),
     knobs: Mapping[str, Any] | None = None,
 ) -> HostPlan:
-    """The whole plan of a host that passed preflight (`files` given), else its refusal.
+    """The whole plan of a host that passed preflight, else its refusal; without `files`, the
+    driver section only.
 
     gpu: the GPU layer's state (GPU hosts); apt_sources: the host's apt sources (Debian's
     non-free list is written from them); knobs: the front-end knobs (gpurig.overrides.KNOBS).
@@ -135,7 +145,7 @@ def build(
     values = knobs or {}
     result = HostPlan(stack, facts, verdict, skip_smoke=bool(knob(values, "gpurig_skip_smoke")))
     target = verdict.target
-    if not verdict.ok or target is None or verdict.python is None or files is None:
+    if not verdict.ok or target is None or verdict.python is None:
         return result
     if facts.gpus:
         try:
@@ -145,6 +155,8 @@ def build(
         except GpurigError as error:
             verdict.problems.append(str(error))
             return result
+    if files is None:  # the driver stage alone (`gpurig preflight`, the driver tests)
+        return result
     has_gpu = bool(facts.gpus)
     result.stages = [
         Stage("system", system.steps(stack, files.ca_sha256)),

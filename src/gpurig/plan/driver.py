@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from gpurig import compat
 from gpurig.diagnose import Context
 from gpurig.errors import GpurigError
-from gpurig.hostlayout import LOG_DIR
+from gpurig.hostlayout import (
+    LOG_DIR,
+    NONFREE_LIST,
+    NOUVEAU_CONF,
+    PERSISTENCED_DROPIN,
+    UNATTENDED_CONF,
+)
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan.system import apt_get
 from gpurig.spec import Nvidia, Stack
@@ -45,6 +51,7 @@ CUDA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x
 CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
 # NVIDIA's CUDA repository signing key since 2022 (3bf863cc), as its install guide gives it.
 CUDA_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
+UNCHANGED = "gpurig: unchanged"  # what a host-side step prints when it has nothing to do
 REBOOT_TIMEOUT_S = 900  # servers with many GPUs and a long POST take minutes
 # Lines of an apt/dkms log worth a diagnosis; the rest stays in the log file on the host.
 LOG_SIGNATURES = (
@@ -267,6 +274,7 @@ def cuda_keyring_script(plan: DriverPlan) -> str:
     inside is NVIDIA's (the fingerprint pinned here)."""
     url = plan.cuda_repo + CUDA_KEYRING
     return f"""set -e
+if dpkg-query -W -f='${{Status}}' cuda-keyring 2>/dev/null | grep -q 'ok installed'; then echo "{UNCHANGED}"; exit 0; fi
 apt_get() {{ {apt_get()} "$@"; }}
 command -v curl >/dev/null && command -v gpg >/dev/null || {{ apt_get update; apt_get install -y --no-install-recommends curl gpg ca-certificates; }}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -305,12 +313,23 @@ class Driver:
     toolkit: list[str]  # nvcc packages, when nvidia.cuda_toolkit
     toolkit_source: str
     allow_reboot: bool
+    can_reboot: bool  # a machine of its own under systemd (a container cannot)
     reboot_timeout_s: int = REBOOT_TIMEOUT_S
 
     def to_json(self) -> dict[str, Any]:
+        from gpurig.plan import driver_scripts
+
         data = dataclasses.asdict(self)
         data["describe"] = self.plan.describe()
         data["cuda_keyring_url"] = self.plan.cuda_repo + CUDA_KEYRING
+        data["scripts"] = driver_scripts.scripts(self)
+        data["names"] = driver_scripts.names(self)
+        data["paths"] = {
+            "nonfree_list": NONFREE_LIST,
+            "nouveau_conf": NOUVEAU_CONF,
+            "unattended_conf": UNATTENDED_CONF,
+            "persistenced_dropin": PERSISTENCED_DROPIN,
+        }
         return data
 
 
@@ -359,4 +378,5 @@ def driver_section(
         toolkit=toolkit,
         toolkit_source=toolkit_source,
         allow_reboot=nvidia.allow_reboot,
+        can_reboot=state.can_reboot,
     )

@@ -97,13 +97,20 @@ def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
             lock_timeout_s=APT_LOCK_TIMEOUT_S,
         )
     )
-    out.append(
-        File.text(
-            "system.environment", "Write the environment file", ENV_FILE, environment_file(stack)
-        )
-    )
     user = stack.host.user
     out.append(ServiceUser("system.user", "Create the service user", user=user, home=STATE_DIR))
+    # It may hold the proxy's credentials: root and the service user's group read it, and the
+    # login profile sources it only where it is readable.
+    out.append(
+        File.text(
+            "system.environment",
+            "Write the environment file",
+            ENV_FILE,
+            environment_file(stack),
+            mode="0640",
+            group=user,
+        )
+    )
     folders = [STATE_DIR, str(PurePosixPath(stack.host.report).parent), stack.host.hf_home]
     out.append(
         Directories(

@@ -95,7 +95,12 @@ def build_script(
         f'  flock -w {LOCK_WAIT_S} 9 || {{ echo "another install holds $VENVS/.gpurig.lock" >&2; '
         "exit 1; }",
         "fi",
-        *([f"set -a; . {q(env_file)}; set +a"] if env_file else []),
+        # Written by the system stage; a dry run on a fresh host has none yet.
+        *(
+            [f"if [ -r {q(env_file)} ]; then set -a; . {q(env_file)}; set +a; fi"]
+            if env_file
+            else []
+        ),
         # The venv kept for rollback: the live one before a swap, else the newest other.
         'CUR=$(readlink "$LINK" 2>/dev/null || true)',
         'KEEP=""',

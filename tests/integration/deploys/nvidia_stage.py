@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from pyinfra import config, host
+from pyinfra.facts.apt import AptSources
 
-from gpurig import preflight, spec
+from gpurig import plan, preflight, spec
 from gpurig.deploys import FACTS_KEY, VERDICT_KEY
 from gpurig.deploys.nvidia import nvidia_driver
 from gpurig.facts import gpu
@@ -32,13 +33,19 @@ for variant in stack.torch.variants:
 locked = Lock(Path("lock"), stack.digest(), targets, {})
 
 probe = host.get_fact(HostProbe, venv=stack.host.venv, _sudo=False)
-facts = gpu.apply(to_host_facts(probe), host.get_fact(gpu.GpuHost, _sudo=False))
+state = host.get_fact(gpu.GpuHost, _sudo=False)
+facts = gpu.apply(to_host_facts(probe), state)
 verdict = preflight.evaluate(facts, stack, locked)
+sources = list(host.get_fact(AptSources)) if facts.os_id == "debian" else []
 setattr(host.data, FACTS_KEY, facts)
 setattr(host.data, VERDICT_KEY, verdict)
 for note in verdict.notes:
     host.log(f"preflight: {note}")
 if verdict.ok:
-    nvidia_driver(verdict, stack=stack)
+    knobs = {
+        k: host.data.get(k)
+        for k in ("gpurig_nvidia_hold_kernel", "gpurig_nvidia_unattended_upgrades")
+    }
+    nvidia_driver(plan.build(stack, facts, verdict, None, state, sources, knobs))
 else:
     control.stop_host(name="Preflight: stop this host", reason="; ".join(verdict.problems))

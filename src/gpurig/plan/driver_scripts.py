@@ -1,0 +1,156 @@
+"""The driver steps as host-side scripts: what a front end without pyinfra's facts runs.
+
+The pyinfra stage decides each step from the GPU fact it reads before the step (gpurig.operations
+.driver); the Ansible nvidia role runs these scripts, which make the same decision on the host
+itself and print `gpurig: unchanged` when there is nothing to do. Both act on one Driver
+section (gpurig.plan.driver) and name failures with gpurig.diagnose.after_failure.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from gpurig.diagnose import DKMS_MOK
+from gpurig.plan.driver import UNCHANGED, Driver, logged
+from gpurig.plan.system import apt_get
+
+REBOOT_NEEDED = "gpurig: reboot needed: "
+
+
+def _missing(packages: list[str]) -> str:
+    """Sets $missing to the packages of `packages` that dpkg does not have installed."""
+    names = " ".join(shlex.quote(p) for p in packages)
+    return (
+        f'missing=""; for p in {names}; do '
+        "dpkg-query -W -f='${Status}' \"$p\" 2>/dev/null | grep -q 'ok installed' "
+        '|| missing="$missing $p"; done'
+    )
+
+
+def install(packages: list[str], log: str) -> str:
+    apt = apt_get()
+    command = f"{apt} update && {apt} install -y --no-install-recommends -- $missing"
+    return (
+        f"{_missing(packages)}\n"
+        f'if [ -z "$missing" ]; then echo "{UNCHANGED}"; exit 0; fi\n'
+        f"{logged(command, log)}\n"
+    )
+
+
+def headers(driver: Driver) -> str:
+    """The running kernel's headers and the flavour's metas; a header package the archives lack
+    does not stop this step (the module build then fails with the named diagnosis)."""
+    running, *metas = driver.plan.headers
+    apt = apt_get()
+    command = (
+        f'{apt} update && for p in $missing; do if apt-cache show "$p" >/dev/null 2>&1; then '
+        f'{apt} install -y --no-install-recommends -- "$p" || exit 1; '
+        'else echo "gpurig: no $p in the archives"; fi; done'
+    )
+    return (
+        f"{_missing(metas)}\n"
+        f'[ -e "/lib/modules/$(uname -r)/build" ] || missing="{running} $missing"\n'
+        f'if [ -z "${{missing# }}" ]; then echo "{UNCHANGED}"; exit 0; fi\n'
+        f"{logged(command, 'nvidia-headers')}\n"
+    )
+
+
+def build_module() -> str:
+    return (
+        'PATH="$PATH:/usr/sbin:/sbin"; k=$(uname -r)\n'
+        'if modinfo -k "$k" -F version nvidia >/dev/null 2>&1; then\n'
+        f'  echo "{UNCHANGED}"; exit 0\n'
+        "fi\n"
+        "if ! dkms status 2>/dev/null | grep -q '^nvidia'; then\n"
+        f'  echo "{UNCHANGED}: no DKMS nvidia module to build"; exit 0\n'
+        "fi\n"
+        'if [ ! -e "/lib/modules/$k/build" ]; then\n'
+        '  echo "gpurig: no kernel headers for $k"; exit 1\n'
+        "fi\n"
+        f"{logged('dkms autoinstall -k $k', 'nvidia-dkms')}\n"
+    )
+
+
+def secure_boot_key() -> str:
+    key = shlex.quote(DKMS_MOK)
+    return (
+        f"if [ ! -f {key} ]; then\n"
+        f'  echo "gpurig: DKMS left no signing key at {DKMS_MOK}"; exit 1\n'
+        "fi\n"
+        f"if mokutil --test-key {key} 2>&1 | grep -q 'already enrolled'; then "
+        f'echo "{UNCHANGED}"; exit 0; fi\n'
+        f'echo "gpurig: DKMS signs the module with {DKMS_MOK}, which is not enrolled"; exit 1\n'
+    )
+
+
+def load() -> str:
+    return (
+        'PATH="$PATH:/usr/sbin:/sbin"\n'
+        f"if grep -q '^nvidia ' /proc/modules; then echo \"{UNCHANGED}\"; exit 0; fi\n"
+        "if grep -q '^nouveau ' /proc/modules; then\n"
+        f'  echo "{UNCHANGED}: nouveau holds the GPU: a reboot loads nvidia"; exit 0\n'
+        "fi\n"
+        "modprobe nvidia 2>&1\n"
+    )
+
+
+def reboot_check() -> str:
+    """Says why a reboot is needed (nouveau holds the GPU, or the loaded module is not the one
+    installed for the running kernel), or nothing."""
+    return (
+        'PATH="$PATH:/usr/sbin:/sbin"\n'
+        "if grep -q '^nouveau ' /proc/modules; then "
+        f'echo "{REBOOT_NEEDED}nouveau holds the GPU"; exit 0; fi\n'
+        "loaded=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' "
+        "/proc/driver/nvidia/version 2>/dev/null | head -n 1)\n"
+        "installed=$(modinfo -F version nvidia 2>/dev/null | head -n 1)\n"
+        'if [ -n "$loaded" ] && [ -n "$installed" ] && [ "$loaded" != "$installed" ]; then\n'
+        f'  echo "{REBOOT_NEEDED}the loaded module is $loaded, the installed driver $installed"\n'
+        "fi\n"
+    )
+
+
+def smi_check(gpus: int) -> str:
+    return (
+        "out=$(nvidia-smi --query-gpu=pci.bus_id --format=csv,noheader 2>&1); rc=$?\n"
+        "n=$(printf '%s\\n' \"$out\" | grep -c '^[0-9A-Fa-f]*:')\n"
+        f'if [ "$rc" -eq 0 ] && [ "$n" -ge {int(gpus)} ]; then '
+        f'echo "{UNCHANGED}: nvidia-smi sees $n GPU(s)"; exit 0; fi\n'
+        "printf '%s\\n' \"$out\"\n"
+        f'echo "gpurig: nvidia-smi sees $n of the {int(gpus)} GPUs on the PCI bus"; exit 1\n'
+    )
+
+
+def scripts(driver: Driver) -> dict[str, str]:
+    """Step name -> script, in the order the stage runs them (absent: not this host's step)."""
+    out: dict[str, str] = {}
+    target = driver.plan
+    if driver.install:
+        if target.headers:
+            out["headers"] = headers(driver)
+        out["install"] = install(target.packages, "nvidia-driver")
+        if not target.precompiled:
+            out["build_module"] = build_module()
+        if target.mok:
+            out["secure_boot_key"] = secure_boot_key()
+        out["load"] = load()
+    out["reboot_check"] = reboot_check()
+    out["smi_check"] = smi_check(driver.gpus)
+    if driver.toolkit:
+        out["toolkit"] = install(driver.toolkit, "cuda-toolkit")
+    return out
+
+
+def names(driver: Driver) -> dict[str, str]:
+    """Step -> the name both front ends give it (pyinfra operations, Ansible's reports)."""
+    target = driver.plan
+    return {
+        "headers": f"Install kernel headers for {driver.context.kernel}",
+        "install": f"Install NVIDIA {target.describe()}",
+        "build_module": f"Build the NVIDIA module for kernel {driver.context.kernel}",
+        "secure_boot_key": "Check the DKMS signing key is enrolled",
+        "load": "Load the NVIDIA driver",
+        "reboot_check": "Reboot into the NVIDIA driver if an old module holds the GPU",
+        "smi_check": "Check nvidia-smi sees every GPU",
+        "toolkit": f"Install nvcc: {driver.toolkit_source}",
+    }

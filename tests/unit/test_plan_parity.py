@@ -1,0 +1,266 @@
+"""Both front ends render the same plan, step by step, on a matrix of fixture hosts.
+
+For each host, one HostPlan. The pyinfra side runs the real deploy stages in a pyinfra State
+(facts injected: a fresh host, so every step plans its operations) and maps each operation back
+to its plan step by name. The Ansible side reads the roles as the playbook runs them and lists
+the plan steps each task renders (`steps['<id>']`, the driver's `scripts` by name). Both lists
+must equal the plan's own order: a step added to the plan and rendered by one front end only
+fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.facts import FactBase
+
+from gpurig import plan as host_plan
+from gpurig import spec
+from gpurig.bloomkit_wheel import Wheel
+from gpurig.deploys import PLAN_KEY, stages, verify
+from gpurig.deploys import nvidia as nvidia_stage
+from gpurig.lock import load as load_lock
+from gpurig.model.host import GpuState, HostFacts, pci_gpu
+from gpurig.plan import ControllerFiles, HostPlan
+from gpurig.plan.steps import WheelFile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROLES = REPO_ROOT / "roles"
+PLAYBOOK_ROLES = [
+    "gpurig_system",
+    "gpurig_python",
+    "gpurig_nvidia",
+    "gpurig_llm_env",
+    "gpurig_smoke",
+]
+H100 = pci_gpu("0000:3b:00.0", "2330")
+SOURCES = [
+    {"type": "deb", "url": "http://deb.debian.org/debian", "distribution": codename,
+     "components": ["main"], "options": {}}
+    for codename in ("bookworm", "trixie")
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Fixture:
+    os_id: str
+    os_version: str
+    python3: str
+    gpu: GpuState | None = None
+    stack: dict[str, Any] | None = None  # changes to stack.yml's sections
+
+
+def _gpu(**fields: Any) -> GpuState:
+    base = GpuState(gpus=[H100], kernel="6.1.0-25-cloud-amd64", systemd=True, secure_boot=False)
+    return replace(base, **fields)
+
+
+FIXTURES = {
+    "debian-12": Fixture("debian", "12", "3.11"),
+    "debian-13": Fixture("debian", "13", "3.13"),
+    "ubuntu-22.04": Fixture("ubuntu", "22.04", "3.10"),
+    "ubuntu-24.04": Fixture("ubuntu", "24.04", "3.12"),
+    "h100": Fixture("debian", "12", "3.11", _gpu()),
+    "h100-secure-boot": Fixture("debian", "12", "3.11", _gpu(secure_boot=True)),
+    "h100-ubuntu-secure-boot": Fixture(
+        "ubuntu", "24.04", "3.12", _gpu(kernel="6.8.0-45-generic", secure_boot=True)
+    ),
+    "h100-driver-present": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            driver_version="580.65.06",
+            modules=["nvidia"],
+            module_version="580.65.06",
+            packages={"cuda-drivers-580": "580.65.06-1"},
+            smi_rc=0,
+        ),
+    ),
+    "h100-driver-too-old": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            driver_version="535.261.03",
+            modules=["nvidia"],
+            module_version="535.261.03",
+            packages={"nvidia-kernel-dkms": "535.261.03-1"},
+        ),
+    ),
+    "offline": Fixture(
+        "debian", "12", "3.11", stack={"install": {"offline": True, "wheelhouse": "/srv/w"}}
+    ),
+    "proxy": Fixture(
+        "debian", "12", "3.11", stack={"network": {"proxy": "http://proxy.corp:3128"}}
+    ),
+}
+
+
+def _stack(fixture: Fixture) -> spec.Stack:
+    stack = spec.load(REPO_ROOT / "stack.yml")
+    data = stack.model_dump()
+    data["python"] = sorted({*data["python"], fixture.python3})
+    for section, values in (fixture.stack or {}).items():
+        data[section].update(values)
+    return spec.Stack.model_validate(data)
+
+
+def make_plan(fixture: Fixture, tmp_path: Path) -> HostPlan:
+    stack = _stack(fixture)
+    facts = HostFacts(
+        fixture.os_id, fixture.os_version, "x86_64", fixture.python3, "2.36", 100.0, 64.0, True,
+        fixture.gpu is not None,
+    )  # fmt: skip
+    if fixture.gpu:
+        facts = replace(facts, gpus=fixture.gpu.gpus, driver_version=fixture.gpu.driver_version)
+    locked = load_lock(REPO_ROOT / "lock")
+    verdict = host_plan.preflight.evaluate(facts, stack, locked)
+    verdict.problems = [p for p in verdict.problems if "lock" not in p]  # python list widened
+    if verdict.target is None:  # the fixture's Python has no target: take the spec's first
+        verdict.target = locked.targets["cpu-cp311"]
+        verdict.python = "3.11"
+        verdict.uv_python = fixture.python3 != "3.11"
+    wheel = Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)
+    wheel.path.write_bytes(b"wheel")
+    (tmp_path / "uv").write_bytes(b"uv")
+    files = ControllerFiles(
+        wheel=wheel,
+        uv=(str(tmp_path / "uv"), "cd" * 32),
+        ca_sha256="ef" * 32 if stack.network.ca_bundle else None,
+        requirements="torch==2.13.0 --hash=sha256:00\n",
+        wheels=[WheelFile(wheel.path.name, str(wheel.path), wheel.sha256)],
+    )
+    built = host_plan.build(stack, facts, verdict, files, fixture.gpu, SOURCES, {})
+    assert built.ok, built.verdict.problems
+    return built
+
+
+# pyinfra ------------------------------------------------------------------------------------
+
+
+def pyinfra_order(built: HostPlan) -> list[str]:
+    """The plan steps the pyinfra deploy renders, in its order, mapped back from op names."""
+    inventory = Inventory((["host-1"], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host("host-1")
+    gpu = built.driver and built.facts.gpus
+
+    def get_fact(cls: type[FactBase[Any]], *args: Any, **kwargs: Any) -> Any:
+        if cls.__name__ == "GpuHost":
+            return _gpu_state(built)
+        return cls.default()  # a fresh host: nothing is there yet
+
+    host.get_fact = get_fact  # type: ignore[method-assign]
+    setattr(host.data, PLAN_KEY, built)
+    state.activate_host(host)
+    for stage in (stages.system, stages.python):
+        add_deploy(state, stage)
+    if gpu:
+        add_deploy(state, nvidia_stage.nvidia_driver, built)
+    add_deploy(state, stages.llm_env)
+    add_deploy(state, verify.verify)
+    by_name = {step.name: step.id for step in built.steps()}
+    if built.driver:
+        names = host_plan.driver_scripts.names(built.driver)
+        by_name |= {name: f"driver.{step}" for step, name in names.items()}
+    order: list[str] = []
+    for op_hash in state.get_op_order():
+        name = sorted(state.op_meta[op_hash].names)[0].split(" | ", 1)[1]
+        step = by_name.get(name) or by_name.get(name.split(": /", 1)[0])
+        if step and step not in order:
+            order.append(step)
+    return order
+
+
+def _gpu_state(built: HostPlan) -> GpuState:
+    return GpuState(gpus=built.facts.gpus, kernel=built.driver.context.kernel or "")  # type: ignore[union-attr]
+
+
+# Ansible ------------------------------------------------------------------------------------
+
+STEP = re.compile(r"steps\['([a-z_.]+)'\]")
+SCRIPT = re.compile(r"scripts\.([a-z_]+)|'([a-z_]+)'")
+
+
+def _tasks(path: Path) -> list[dict[str, Any]]:
+    """A task file's tasks in order, include_tasks expanded (OS dispatch: Debian)."""
+    out = []
+    for task in yaml.safe_load(path.read_text()) or []:
+        include = task.get("ansible.builtin.include_tasks")
+        if include:
+            out.append({"name": task.get("name"), "_when": task.get("when")})
+            out += _tasks(
+                path.parent / include.replace("{{ ansible_facts.gpurig.os_family }}", "Debian")
+            )
+        else:
+            out.append(task)
+    return out
+
+
+def ansible_order(built: HostPlan) -> list[str]:
+    """The plan steps the roles render, in playbook order, limited to this plan's steps."""
+    present = {step.id for step in built.steps()}
+    scripts = set(host_plan.driver_scripts.scripts(built.driver)) if built.driver else set()
+    order: list[str] = []
+    for role in PLAYBOOK_ROLES:
+        if role == "gpurig_nvidia" and not built.driver:
+            continue
+        for task in _tasks(ROLES / role / "tasks" / "main.yml"):
+            text = json.dumps(task)
+            found = STEP.findall(text)
+            if "gpurig_driver_step" in task:
+                found = [f"driver.{a or b}" for a, b in SCRIPT.findall(text) if (a or b) in scripts]
+            for step in found:
+                if (step in present or step.startswith("driver.")) and step not in order:
+                    order.append(step)
+    return order
+
+
+def plan_order(built: HostPlan) -> list[str]:
+    ids = [
+        step.id
+        for stage in built.stages
+        if stage.name in ("system", "python")
+        for step in stage.steps
+    ]
+    if built.driver:
+        ids += [f"driver.{s}" for s in host_plan.driver_scripts.scripts(built.driver)]
+    ids += [
+        step.id
+        for stage in built.stages
+        if stage.name in ("llm_env", "verify")
+        for step in stage.steps
+    ]
+    return ids
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_both_front_ends_render_the_plan_step_by_step(name: str, tmp_path: Path) -> None:
+    built = make_plan(FIXTURES[name], tmp_path)
+    wanted = plan_order(built)
+    assert pyinfra_order(built) == wanted, "pyinfra"
+    assert ansible_order(built) == wanted, "Ansible"
+
+
+def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
+    plans = {name: make_plan(f, tmp_path) for name, f in FIXTURES.items()}
+    assert plans["debian-12"].driver is None
+    assert "secure_boot_key" in host_plan.driver_scripts.scripts(plans["h100-secure-boot"].driver)  # type: ignore[arg-type]
+    ubuntu = plans["h100-ubuntu-secure-boot"].driver
+    assert ubuntu is not None
+    assert ubuntu.plan.precompiled
+    present = plans["h100-driver-present"].driver
+    assert present is not None
+    assert not present.install
+    assert plans["h100-driver-too-old"].verdict.install_driver
+    assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
+    assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]
