@@ -148,4 +148,7 @@ def host_wheels(stack: Stack, locked: Lock, target: Target, wheel: Wheel) -> lis
     wheels[wheel.path.name] = (str(wheel.path), wheel.sha256)
     if stack.install.offline:
         wheels.update(offline_wheels(stack, locked, target))
-    return [WheelFile(name, src, sha) for name, (src, sha) in sorted(wheels.items())]
+    return [
+        WheelFile(name, src, sha, Path(src).stat().st_size)
+        for name, (src, sha) in sorted(wheels.items())
+    ]

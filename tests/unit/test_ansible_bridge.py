@@ -66,6 +66,7 @@ def _with_gpu(text: str) -> str:
 @pytest.fixture(autouse=True)
 def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wheel:
     wheel = Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)
+    wheel.path.write_bytes(b"a wheel")
     monkeypatch.setattr(bloomkit_wheel, "build_kept", lambda: wheel)
     ansible_bridge._controllers.clear()
     return wheel

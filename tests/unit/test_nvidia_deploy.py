@@ -17,7 +17,6 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import StringCommand
 from pyinfra.api.deploy import add_deploy
-from pyinfra.api.exceptions import DeployError
 from pyinfra.api.host import Host
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.context import ctx_host, ctx_state
@@ -28,11 +27,14 @@ from gpurig import diagnose, spec
 from gpurig.deploys import FACTS_KEY
 from gpurig.deploys import nvidia as stage
 from gpurig.diagnose import Context
+from gpurig.errors import GpurigError
 from gpurig.facts import gpu
 from gpurig.facts.gpu import GpuHost
 from gpurig.lock import Target
 from gpurig.model.host import GpuState, HostFacts, SmiGpu, pci_gpu
-from gpurig.operations import control
+from gpurig.operations import control, diagnosed
+from gpurig.plan import HostPlan
+from gpurig.plan import driver as driver_plan
 from gpurig.preflight import Verdict
 
 H100 = pci_gpu("0000:3b:00.0", "2330")
@@ -72,10 +74,10 @@ def fresh(os_id: str = "debian", **fields: Any) -> GpuState:
     return GpuState(**{**base, **fields})
 
 
-def converged(plan: stage.DriverPlan, **fields: Any) -> GpuState:
+def converged(plan: driver_plan.DriverPlan, **fields: Any) -> GpuState:
     """The host after a good run: driver loaded, everything held and written."""
     before = fresh(plan.os_name.split("-")[0])
-    dropin = stage.persistenced_dropin(plan.persistenced_user)
+    dropin = driver_plan.persistenced_dropin(plan.persistenced_user)
     ok = "installed"
     packages = {**before.packages, **dict.fromkeys(plan.packages, "580.95.05-1")}
     packages["libcuda1" if plan.source != "ubuntu" else "libnvidia-compute-580-server"] = (
@@ -92,9 +94,9 @@ def converged(plan: stage.DriverPlan, **fields: Any) -> GpuState:
         "held": sorted({*plan.packages, *plan.kernel_holds}),
         "dkms": [] if plan.precompiled else [f"nvidia/580.95.05, {before.kernel}, x86_64: {ok}"],
         "files": {
-            gpu.NOUVEAU_CONF: stage.sha256(stage.NOUVEAU_BLACKLIST),
-            gpu.UNATTENDED_CONF: stage.sha256(stage.unattended_upgrades_file(True)),
-            gpu.PERSISTENCED_DROPIN: stage.sha256(dropin),
+            gpu.NOUVEAU_CONF: driver_plan.sha256(driver_plan.NOUVEAU_BLACKLIST),
+            gpu.UNATTENDED_CONF: driver_plan.sha256(driver_plan.unattended_upgrades_file(True)),
+            gpu.PERSISTENCED_DROPIN: driver_plan.sha256(dropin),
         },
         "persistenced": ("active", "enabled"),
     }
@@ -172,7 +174,18 @@ def run_stage(
         setattr(host.data, key, value)
     pyinfra_state.activate_host(host)
     the_verdict = the_verdict or verdict()
-    add_deploy(pyinfra_state, stage.nvidia_driver, the_verdict, stack=the_stack or stack())
+    knobs = {k: v for k, v in (data or {}).items() if k.startswith("gpurig_nvidia_")}
+    the_stack = the_stack or stack()
+    # As preflight plans it: a host with no GPU on the PCI bus gets no driver section.
+    section = (
+        driver_plan.driver_section(
+            the_stack, host_facts, state, the_verdict, facts[AptSources], knobs
+        )
+        if state.gpus
+        else None
+    )
+    plan = HostPlan(the_stack, host_facts, the_verdict, driver=section)
+    add_deploy(pyinfra_state, stage.nvidia_driver, plan)
     result = Run(pyinfra_state, host, facts)
     for op_hash in pyinfra_state.get_op_order():
         name = sorted(pyinfra_state.op_meta[op_hash].names)[0].removeprefix(PREFIX)
@@ -184,7 +197,9 @@ def run_stage(
 
 
 def install_command(packages: str, log: str = "nvidia-driver") -> str:
-    return stage.logged(f"{APT} update && {APT} install -y --no-install-recommends {packages}", log)
+    return driver_plan.logged(
+        f"{APT} update && {APT} install -y --no-install-recommends -- {packages}", log
+    )
 
 
 # Plans for each supported OS, Secure Boot on and off.
@@ -224,7 +239,7 @@ def test_plan_per_os_and_secure_boot(
 ) -> None:
     os_id, os_version, _ = OS[os_name]
     state = fresh(os_id, secure_boot=secure_boot)
-    plan = stage.plan_driver(os_id, os_version, state, stack(branch).nvidia)
+    plan = driver_plan.plan_driver(os_id, os_version, state, stack(branch).nvidia)
     assert (plan.source, plan.packages, plan.precompiled, plan.mok) == (
         source,
         packages,
@@ -239,19 +254,23 @@ def test_plan_per_os_and_secure_boot(
 
 def test_open_modules_change_the_package_names() -> None:
     open_stack = stack(open_kernel_modules=True).nvidia
-    ubuntu = stage.plan_driver("ubuntu", "24.04", fresh("ubuntu"), open_stack)
+    ubuntu = driver_plan.plan_driver("ubuntu", "24.04", fresh("ubuntu"), open_stack)
     assert ubuntu.packages == ["nvidia-headless-580-server-open", "nvidia-utils-580-server"]
-    signed = stage.plan_driver("ubuntu", "24.04", fresh("ubuntu", secure_boot=True), open_stack)
+    signed = driver_plan.plan_driver(
+        "ubuntu", "24.04", fresh("ubuntu", secure_boot=True), open_stack
+    )
     assert f"linux-modules-nvidia-580-server-open-{UBUNTU_KERNEL}" in signed.packages
-    debian = stage.plan_driver("debian", "12", fresh(), stack(535, open_kernel_modules=True).nvidia)
+    debian = driver_plan.plan_driver(
+        "debian", "12", fresh(), stack(535, open_kernel_modules=True).nvidia
+    )
     assert debian.packages[0] == "nvidia-open-kernel-dkms"
-    cuda = stage.plan_driver("debian", "12", fresh(), open_stack)
+    cuda = driver_plan.plan_driver("debian", "12", fresh(), open_stack)
     assert cuda.packages == ["cuda-drivers-580", "nvidia-kernel-open-dkms"]
 
 
 def test_unsupported_os_is_refused() -> None:
-    with pytest.raises(DeployError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
-        stage.plan_driver("rocky", "9", fresh(), stack().nvidia)
+    with pytest.raises(GpurigError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
+        driver_plan.plan_driver("rocky", "9", fresh(), stack().nvidia)
 
 
 # The plan, operation by operation.
@@ -324,7 +343,9 @@ def test_debian_nonfree_already_enabled_is_a_noop() -> None:
     sources = [{**DEBIAN_SOURCES[0], "components": ["main", "contrib", "non-free"]}]
     run = run_stage(fresh(), "debian-12", stack(535, ["cu126"]), verdict(variant="cu126"),
                     sources=sources)  # fmt: skip
-    assert run.ops["Enable Debian's contrib and non-free"] == []
+    # The sources have it: the plan writes no list, and no operation touches one.
+    assert "Enable Debian's contrib and non-free" not in run.ops
+    assert not any(gpu.NONFREE_LIST in " ".join(commands) for commands in run.ops.values())
 
 
 def test_debian_newer_branch_comes_from_the_cuda_repository_key_checked() -> None:
@@ -333,7 +354,7 @@ def test_debian_newer_branch_comes_from_the_cuda_repository_key_checked() -> Non
     script = run.ops[name][0]
     url = "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/"
     assert f'curl -fsSL --retry 3 -o "$tmp/keyring.deb" {url}cuda-keyring_1.1-1_all.deb' in (script)
-    assert f'if [ "$fpr" != {stage.CUDA_KEY_FINGERPRINT} ]' in script
+    assert f'if [ "$fprs" != {driver_plan.CUDA_KEY_FINGERPRINT} ]' in script
     assert script.index("gpg --show-keys") < script.index("dpkg -i")  # checked before trusted
     assert run.ops["Install NVIDIA driver 580 from NVIDIA's CUDA repository, DKMS modules"] == [
         install_command("cuda-drivers-580")
@@ -359,7 +380,7 @@ def test_debian_secure_boot_checks_the_dkms_key() -> None:
 def test_a_converged_host_changes_nothing(os_name: str) -> None:
     os_id, os_version, _ = OS[os_name]
     the_stack = stack(DEBIAN_BRANCH.get(os_name, 580), ["cu126", "cu130", "cpu"])
-    plan = stage.plan_driver(os_id, os_version, fresh(os_id), the_stack.nvidia)
+    plan = driver_plan.plan_driver(os_id, os_version, fresh(os_id), the_stack.nvidia)
     done = converged(plan)
     run = run_stage(done, os_name, the_stack, verdict(install=False))
     assert run.changing == []
@@ -383,7 +404,7 @@ def test_driver_too_old_is_replaced_and_the_host_rebooted() -> None:
     assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
     assert run.ops["Load the NVIDIA driver"] == []  # the loaded module is replaced by a reboot
     # When it runs: the packages are the new driver, the old module still loaded.
-    plan = stage.plan_driver("ubuntu", "24.04", old, stack().nvidia)
+    plan = driver_plan.plan_driver("ubuntu", "24.04", old, stack().nvidia)
     after = converged(plan, driver_version="535.183.01")
     executed = run.execute(after)
     assert (
@@ -410,7 +431,7 @@ def test_no_reboot_where_the_host_cannot_and_the_report_says_so() -> None:
 
 
 def test_persistence_needs_the_daemon() -> None:
-    plan = stage.plan_driver("ubuntu", "24.04", fresh("ubuntu"), stack().nvidia)
+    plan = driver_plan.plan_driver("ubuntu", "24.04", fresh("ubuntu"), stack().nvidia)
     no_daemon = converged(plan, persistenced=("inactive", ""))
     the_verdict = verdict(install=False)
     run = run_stage(no_daemon, "ubuntu-24.04", the_verdict=the_verdict)
@@ -450,7 +471,7 @@ def test_dkms_without_headers_stops_with_the_named_diagnosis() -> None:
 
 def test_check_driver_after_install() -> None:
     the_stack = stack()
-    plan = stage.plan_driver("ubuntu", "24.04", fresh("ubuntu"), the_stack.nvidia)
+    plan = driver_plan.plan_driver("ubuntu", "24.04", fresh("ubuntu"), the_stack.nvidia)
     run = run_stage(fresh("ubuntu"), "ubuntu-24.04", the_stack)
     name = "Check nvidia-smi sees every GPU"
     assert run.execute(converged(plan))[name] == []
@@ -466,7 +487,7 @@ def test_hosts_without_a_gpu_get_no_operations() -> None:
 
 
 def test_drift_lock_can_be_released_piece_by_piece() -> None:
-    plan = stage.plan_driver("ubuntu", "24.04", fresh("ubuntu"), stack().nvidia)
+    plan = driver_plan.plan_driver("ubuntu", "24.04", fresh("ubuntu"), stack().nvidia)
     done = converged(plan)
     run = run_stage(done, "ubuntu-24.04", stack(hold_packages=False), verdict(install=False))
     assert run.ops["Release driver holds"] == [
@@ -529,7 +550,9 @@ def test_diagnosed_command_replaces_the_output(failing_apt: list[str]) -> None:
     host = inventory.get_host("gpu-1")
     host.get_fact = lambda cls, *a, **k: fresh("ubuntu")  # type: ignore[method-assign]
     the_verdict = verdict()
-    command = stage.DiagnosedCommand("apt-get install ...", Context(os_id="ubuntu"), the_verdict)
+    command = diagnosed.DiagnosedCommand(
+        "apt-get install ...", Context(os_id="ubuntu"), the_verdict
+    )
     status, output = command.execute(state, host, {})
     assert status is False
     assert output.output_lines == [
@@ -543,7 +566,7 @@ def test_diagnosed_command_replaces_the_output(failing_apt: list[str]) -> None:
 
 
 def test_logged_commands_keep_the_full_log_on_the_host() -> None:
-    command = stage.logged("apt-get install -y x", "nvidia-driver")
+    command = driver_plan.logged("apt-get install -y x", "nvidia-driver")
     assert command.startswith("mkdir -p /var/log/gpurig && ( apt-get install -y x ) >")
     assert "/var/log/gpurig/nvidia-driver.log 2>&1; rc=$?;" in command
     assert command.endswith("| tail -n 60; tail -n 5 /var/log/gpurig/nvidia-driver.log; exit $rc")

@@ -98,6 +98,7 @@ class WheelFile:
     name: str
     src: str  # on the controller
     sha256: str
+    size: int = 0  # bytes: a host's copy of this size counts as present
 
 
 @dataclass(frozen=True)
