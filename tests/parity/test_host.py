@@ -85,7 +85,10 @@ def test_environment_and_login_profile(host: Any, stack: Stack) -> None:
     ):
         found = host.file(path)
         assert (found.user, found.group, found.mode) == ("root", group, mode), path
-        assert found.content_string == text, path
+        with host.sudo():  # the SSH user may not read the environment file, by design
+            assert host.file(path).content_string == text, path
+    # Nor may any other user: the proxy's credentials stay with root and the service user.
+    assert host.run(f"cat {hostlayout.ENV_FILE}").rc != 0
 
 
 def test_login_path_finds_the_venv(host: Any, stack: Stack) -> None:
