@@ -45,9 +45,7 @@ class ActionModule(ActionBase):
         if run["rc"] == 0:
             result["changed"] = UNCHANGED not in run["stdout"]
             return result
-        probe = self._low_level_execute_command(
-            ansible_bridge.gpu_probe_command(), sudoable=False
-        )
+        probe = self._low_level_execute_command(ansible_bridge.gpu_probe_command(), sudoable=False)
         found = ansible_bridge.driver_diagnoses(
             output,
             args.get("context") or {},
