@@ -187,7 +187,10 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     denied = bookworm.ssh(host, f"sudo -n -u gpurig touch {target}/bin/x")
     assert denied[0] != 0  # the venv is root's, read-only to the service user
     ssh_ok(bookworm, host, "test -s /usr/local/share/ca-certificates/gpurig-ca.crt")
-    ssh_ok(bookworm, host, "grep -q '^SSL_CERT_FILE=' /etc/gpurig/environment")
+    # Root and the service user read the environment file; the SSH user may not (0640).
+    ssh_ok(bookworm, host, "sudo grep -q '^SSL_CERT_FILE=' /etc/gpurig/environment")
+    code, _ = bookworm.ssh(host, "cat /etc/gpurig/environment")
+    assert code != 0
 
 
 def test_second_run_changes_nothing(
@@ -295,10 +298,11 @@ def test_offline_install_from_the_wheelhouse(
     # The proxy is real on the host: an index would be unreachable.
     code, out = bookworm.ssh(
         host,
-        "set -a; . /etc/gpurig/environment; echo six | /usr/local/bin/uv pip compile "
-        "--no-cache - 2>&1",
+        "sudo sh -c 'set -a; . /etc/gpurig/environment; echo six | /usr/local/bin/uv pip compile "
+        "--no-cache - 2>&1'",
     )
     assert code != 0, out
+    assert "environment" not in out  # the file was read: it is the proxy that failed
     wheels = ssh_ok(bookworm, host, "ls /var/cache/gpurig/wheels").split()
     assert any(w.startswith("transformers-") for w in wheels)
     ssh_ok(bookworm, host, f"{LINK}/bin/python -c 'import torch, transformers, bloomkit'")
