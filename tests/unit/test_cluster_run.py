@@ -13,6 +13,10 @@ import pytest
 
 from gpurig import cluster
 from gpurig.cli import main
+from gpurig.cluster import launch as launcher
+from gpurig.cluster import report as reporting
+from gpurig.cluster import run as runner
+from gpurig.cluster import transport
 from gpurig.commands import cluster as command
 from gpurig.errors import GpurigError
 
@@ -42,7 +46,7 @@ class FakeRunning:
         return (128 + self.killed) if self.killed else self.status
 
     def output(self) -> str:
-        lines = [f"{command.PID_LINE}{self.pid}"]
+        lines = [f"{launcher.PID_LINE}{self.pid}"]
         if self.done() and self.status not in (0, None):
             lines.append("bloomkit smoke: error: allreduce: a collective failed")
         return "\n".join(lines) + "\n"
@@ -80,11 +84,11 @@ class FakeRemote:
             if signal == 9 or not self.ignores_term:
                 self.handle.killed = signal
             return 0, ""
-        if command.FILE_MARK in line:
-            return 0, "".join(f"{command.FILE_MARK}{n}\n{t}\n" for n, t in self.files.items())
+        if launcher.FILE_MARK in line:
+            return 0, "".join(f"{launcher.FILE_MARK}{n}\n{t}\n" for n, t in self.files.items())
         raise AssertionError(f"unexpected command {line!r}")
 
-    def start(self, line: str) -> command.Running:
+    def start(self, line: str) -> transport.Running:
         self.commands.append(line)
         self.handle = FakeRunning(1000 + int(self.node[-1]), self.ends_after, self.status)
         return self.handle
@@ -93,13 +97,13 @@ class FakeRemote:
         pass
 
 
-def run(remotes: list[FakeRemote], **kwargs: object) -> command.RunOutcome:
+def run(remotes: list[FakeRemote], **kwargs: object) -> runner.RunOutcome:
     options: dict[str, object] = {"user": "gpurig", "deadline_s": 5.0, "grace_s": 0.3}
     options.update(kwargs)
-    return command.run_on_cluster(TRIO, remotes, ["smoke", "--distributed"], **options)  # type: ignore[arg-type]
+    return runner.run_on_cluster(TRIO, remotes, ["smoke", "--distributed"], **options)  # type: ignore[arg-type]
 
 
-def statuses(outcome: command.RunOutcome) -> dict[str, str]:
+def statuses(outcome: runner.RunOutcome) -> dict[str, str]:
     return {n.name: n.status for n in outcome.nodes}
 
 
@@ -112,7 +116,7 @@ def test_every_node_passes_and_the_reports_come_back() -> None:
     assert statuses(outcome) == dict.fromkeys(["node-0", "node-1", "node-2"], "pass")
     assert json.loads(outcome.nodes[0].files["fleet.json"]) == {"verdict": "pass"}
     assert outcome.nodes[0].pid == 1000
-    record = command.fleet_record(TRIO, outcome, command.rank_reports(outcome))
+    record = reporting.fleet_record(TRIO, outcome, reporting.rank_reports(outcome))
     assert record["verdict"] == "pass"
     assert record["ranks"] == 3
 
@@ -126,7 +130,7 @@ def test_an_unreachable_node_is_named_and_nothing_starts() -> None:
     assert [n.name for n in outcome.cause] == ["node-1"]
     assert "Unable to connect to port 22 on node-1" in outcome.cause[0].reason
     assert all(r.handle is None for r in remotes)  # no launch anywhere
-    record = command.fleet_record(TRIO, outcome, {})
+    record = reporting.fleet_record(TRIO, outcome, {})
     assert record["verdict"] == "fail"
     assert record["failures"][0].startswith("node-1 (node 1): unreachable")
 
@@ -153,7 +157,7 @@ def test_a_stale_cluster_env_is_named_before_anything_starts() -> None:
 def test_a_failed_node_ends_the_others_by_their_pids_after_a_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(command, "KILL_WAIT_S", 0.5)  # SIGTERM ignored: SIGKILL after this
+    monkeypatch.setattr(launcher, "KILL_WAIT_S", 0.5)  # SIGTERM ignored: SIGKILL after this
     remotes = [
         FakeRemote("node-0", ends_after=None),
         FakeRemote("node-1", ends_after=0.1, status=1),
@@ -162,7 +166,7 @@ def test_a_failed_node_ends_the_others_by_their_pids_after_a_grace(
     began = time.monotonic()
     outcome = run(remotes)
     seconds = time.monotonic() - began
-    assert seconds < command.KILL_WAIT_S + 3
+    assert seconds < launcher.KILL_WAIT_S + 3
     assert statuses(outcome) == {"node-0": "aborted", "node-1": "fail", "node-2": "aborted"}
     assert [n.name for n in outcome.cause] == ["node-1"]
     assert "exit 1: bloomkit smoke: error: allreduce" in outcome.cause[0].reason
@@ -193,7 +197,7 @@ def test_the_deadline_bounds_a_run_that_never_ends() -> None:
 
 
 def test_the_launch_command_runs_as_the_service_user_and_is_bounded() -> None:
-    line = command.launch_command(
+    line = launcher.launch_command(
         ["smoke", "--distributed", "--json", "/var/lib/gpurig/cluster/trio/{rank}.json"],
         "gpurig",
         "/var/lib/gpurig/cluster/trio",
@@ -204,14 +208,22 @@ def test_the_launch_command_runs_as_the_service_user_and_is_bounded() -> None:
     assert line.endswith(" 2>&1")
     inner = shlex.split(line)[4]
     assert "rm -rf /var/lib/gpurig/cluster/trio && install -d -o gpurig -m 755" in inner
-    assert f"echo {command.PID_LINE}$$" in inner
+    assert f"echo {launcher.PID_LINE}$$" in inner
     assert "exec timeout -k 10 300 runuser -l gpurig -c " in inner
     launch = shlex.split(inner.split("-c ", 1)[1])[0]
     assert shlex.split(launch) == [
         "gpurig-launch", "smoke", "--distributed", "--json",
         "/var/lib/gpurig/cluster/trio/{rank}.json",
     ]  # fmt: skip
-    assert command._sudo("root") == ""
+    assert launcher._sudo("root") == ""
+
+
+def test_the_service_user_is_quoted_wherever_it_reaches_a_command_line() -> None:
+    user = "svc user;touch /tmp/owned"  # `gpurig cluster --user` reaches the shell as one word
+    line = launcher.launch_command(["smoke"], user, "/var/lib/gpurig/cluster/trio", 300, "")
+    words = shlex.split(shlex.split(line)[2])
+    assert words[words.index("-o") + 1] == user  # install -d -o USER
+    assert words[words.index("-l") + 1] == user  # runuser -l USER
 
 
 def test_bloomkits_fleet_verdict_counts() -> None:
@@ -219,14 +231,14 @@ def test_bloomkits_fleet_verdict_counts() -> None:
     remotes = [FakeRemote("node-0", files={"fleet.json": json.dumps(fleet)})]
     remotes += [FakeRemote("node-1"), FakeRemote("node-2")]
     outcome = run(remotes, reports="/r")
-    record = command.fleet_record(TRIO, outcome, command.rank_reports(outcome))
+    record = reporting.fleet_record(TRIO, outcome, reporting.rank_reports(outcome))
     assert record["verdict"] == "fail"
     assert record["failures"] == fleet["failures"]
 
 
 def test_split_files() -> None:
-    text = f"{command.FILE_MARK}0.json\n{{}}\n{command.FILE_MARK}fleet.json\n[1]\n"
-    assert command.split_files(text) == {"0.json": "{}\n", "fleet.json": "[1]\n"}
+    text = f"{launcher.FILE_MARK}0.json\n{{}}\n{launcher.FILE_MARK}fleet.json\n[1]\n"
+    assert launcher.split_files(text) == {"0.json": "{}\n", "fleet.json": "[1]\n"}
 
 
 def test_the_command_lists_clusters_and_says_how_to_mark_one(
@@ -252,13 +264,13 @@ def test_the_command_lists_clusters_and_says_how_to_mark_one(
 def test_ssh_refuses_unknown_host_keys(tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text("")
-    remote = command.SshRemote(
+    remote = transport.SshRemote(
         cluster.Member("x", "127.0.0.1", {"ssh_port": 9, "ssh_known_hosts_file": str(known)}),
         connect_timeout=2,
     )
     with pytest.raises((OSError, GpurigError)):
         remote.connect()
-    missing = command.SshRemote(
+    missing = transport.SshRemote(
         cluster.Member("y", "127.0.0.1", {"ssh_known_hosts_file": str(tmp_path / "none")})
     )
     with pytest.raises(GpurigError, match="cannot read known_hosts"):

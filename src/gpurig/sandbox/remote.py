@@ -6,38 +6,30 @@ from pathlib import Path
 
 import paramiko
 
+from gpurig import ssh
 from gpurig.sandbox.state import SandboxHost
-
-CONNECT_TIMEOUT_S = 10.0
+from gpurig.ssh import CONNECT_TIMEOUT_S
 
 
 def ssh_run(
     host: SandboxHost, key_file: Path, known_hosts: Path, command: str, timeout: float = 600.0
 ) -> tuple[int, str]:
     """(exit status, stdout and stderr together). A host key not in known_hosts is refused."""
-    client = paramiko.SSHClient()
-    client.get_host_keys().load(str(known_hosts))  # read-only: nothing is ever added
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client = ssh.strict_client(known_hosts)
     try:
-        client.connect(
-            hostname=host.hostname,
-            port=host.port,
-            username=host.user,
-            key_filename=str(key_file),
+        ssh.connect(
+            client,
+            host.hostname,
+            host.port,
+            host.user,
+            str(key_file),
             allow_agent=False,
             look_for_keys=False,
             timeout=CONNECT_TIMEOUT_S,
-            banner_timeout=CONNECT_TIMEOUT_S,
-            auth_timeout=CONNECT_TIMEOUT_S,
         )
         transport = client.get_transport()
         if transport is None:
             raise paramiko.SSHException(f"no transport to {host.name}")
-        channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
-        channel.set_combine_stderr(True)
-        channel.settimeout(timeout)
-        channel.exec_command(command)
-        output = channel.makefile("rb").read()
-        return channel.recv_exit_status(), output.decode(errors="replace")
+        return ssh.execute(ssh.open_channel(transport, CONNECT_TIMEOUT_S), command, timeout)
     finally:
         client.close()
