@@ -50,10 +50,10 @@ def test_debug_shows_the_traceback_and_plain_does_not(cli, tmp_path) -> None:
         tmp_path / "o",
     )
     plain = cli(*args)
-    assert plain.code == 1
+    assert plain.code == 2  # a missing data file is a usage error
     assert "Traceback" not in plain.err
     debug = cli("--debug", *args)
-    assert debug.code == 1
+    assert debug.code == 2
     assert "Traceback" in debug.err
     assert debug.err.rstrip().endswith("none.jsonl' not found")
 

@@ -41,8 +41,9 @@ def test_config_file_then_command_line(cli, tmp_path, data_dir) -> None:
     config.write_text(f"data: {data_dir / 'missing.jsonl'}\noutput: {tmp_path / 'o'}\nseq-len: 4\n")
     # The file's seq-len is invalid; the command line's wins.
     result = cli("finetune", "--config", config, "--seq-len", "16", "--model", "tiny")
-    assert result.code == 1
+    assert result.code == EXIT_USAGE  # a missing data file is bad usage too, but a later check
     assert "missing.jsonl' not found" in result.err
+    assert "--seq-len" not in result.err
     result = cli("finetune", "--config", config)
     assert result.code == EXIT_USAGE
     assert "--seq-len must be at least 8" in result.err

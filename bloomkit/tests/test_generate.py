@@ -34,9 +34,69 @@ def test_batches_and_json_lines() -> None:
     assert len(lines) == 3
 
 
-def test_a_single_prompt_streams() -> None:
-    results, text = _run(prompts=["The GPU host"], temperature=0)
-    assert text == results[0]["completion"] + "\n"
+class _Timeline(io.StringIO):
+    """stdout that notes, for every non-empty write, how many forward passes had run."""
+
+    def __init__(self, passes: list[int]) -> None:
+        super().__init__()
+        self.passes = passes
+        self.writes: list[tuple[int, str]] = []
+
+    def write(self, text: str) -> int:
+        if text:
+            self.writes.append((len(self.passes), text))
+        return super().write(text)
+
+
+def _generate_with_a_timeline(monkeypatch, **kwargs) -> tuple[str, int, list[tuple[int, str]]]:
+    """Generate 8 tokens from the tiny model, which is made to say " the is the is ..." (words,
+    so the streamer has a word boundary at every token); returns the completion, the number of
+    forward passes, and each write to stdout with the passes that had run before it."""
+    from bloomkit import generate as generate_module
+
+    passes: list[int] = []
+    real_load = generate_module.load_model
+
+    def load_model(*args, **load_kwargs):
+        loaded = real_load(*args, **load_kwargs)
+        words = loaded.tokenizer(" the is", add_special_tokens=False)["input_ids"]
+        assert len(words) == 2
+
+        def choose_next_token(_module, _inputs, output):
+            output.logits[:, -1, :] = -1e4
+            output.logits[:, -1, words[len(passes) % 2]] = 0.0
+            passes.append(1)
+            return output
+
+        loaded.model.register_forward_hook(choose_next_token)
+        return loaded
+
+    monkeypatch.setattr(generate_module, "load_model", load_model)
+    out = _Timeline(passes)
+    values = dict(model="tiny", prompts=["The GPU host"], max_new_tokens=8, temperature=0)
+    results = generate(GenerateArgs(**(values | kwargs)), out=out)
+    return results[0]["completion"], len(passes), out.writes
+
+
+def test_streaming_prints_tokens_before_generation_ends(monkeypatch) -> None:
+    completion, passes, writes = _generate_with_a_timeline(monkeypatch)
+    assert completion == " the is the is the is the is"
+    assert passes == 8  # one forward pass per new token
+    assert "".join(text for _, text in writes) == completion + "\n"
+    # Text reaches stdout after every forward pass, while the model still has passes to run
+    # (the streamer prints up to the last space it has); the rest of the word comes at the end.
+    assert [n for n, _ in writes] == [*range(1, passes + 1), passes]
+    assert writes[0] == (1, " ")
+    assert writes[1] == (2, "the ")
+    assert sum(n < passes for n, _ in writes) == passes - 1
+
+
+def test_without_streaming_the_text_comes_only_at_the_end(monkeypatch) -> None:
+    """The same timeline tells the two apart: the test above fails on this path."""
+    for kwargs in (dict(stream=False), dict(json=True)):
+        completion, passes, writes = _generate_with_a_timeline(monkeypatch, **kwargs)
+        assert completion == " the is the is the is the is"
+        assert [n for n, _ in writes] == [passes]  # one write, after the last forward pass
 
 
 def test_prompts_from_a_file_and_stdin(tmp_path) -> None:

@@ -271,6 +271,10 @@ def test_open_modules_change_the_package_names() -> None:
 def test_unsupported_os_is_refused() -> None:
     with pytest.raises(GpurigError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
         driver_plan.plan_driver("rocky", "9", fresh(), stack().nvidia)
+    # The section the deploy renders is refused the same way (plan.build makes it a problem).
+    rocky = HostFacts("rocky", "9", "x86_64", "3.11", "2.36", 100.0, 64.0, True, True)
+    with pytest.raises(GpurigError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
+        driver_plan.driver_section(stack(), rocky, fresh(), verdict(), DEBIAN_SOURCES, {})
 
 
 # The plan, operation by operation.

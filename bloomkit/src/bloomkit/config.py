@@ -41,7 +41,10 @@ def _check(condition: bool, message: str) -> None:
 class FinetuneArgs:
     """Causal-LM fine-tuning (full or LoRA) of a Hugging Face model on a local dataset."""
 
-    data: str = arg(help="JSONL ({'text'} or {'prompt','response'}), text file, or dataset name")
+    data: str = arg(
+        help="JSONL ({'text'}, {'prompt','response'} or chat {'messages'}), text file, "
+        "or dataset name"
+    )
     output: Path = arg(help="output directory (written beside it, renamed into place at the end)")
     model: str = arg(DEFAULT_MODEL, help="model id, local directory, or 'tiny' (built in)")
     max_steps: int = arg(-1, help="optimizer steps; -1 runs --epochs over the data")
@@ -66,6 +69,11 @@ class FinetuneArgs:
         [], help="modules to adapt, or all-linear (default: peft's choice for the model)", nargs="+"
     )
     merge: bool = arg(False, help="with --lora: merge the adapter and save a full model")
+    chat_template: str | None = arg(
+        None,
+        help="for chat data: 'default' (bloomkit's Zephyr-style template) or a Jinja file; "
+        "saved with the output's tokenizer (default: the tokenizer's own)",
+    )
     gradient_checkpointing: bool = arg(False, help="trade compute for activation memory")
     save_steps: int = arg(500, help="checkpoint every N steps (for --resume)")
     save_total_limit: int = arg(2, help="checkpoints kept")
@@ -130,6 +138,13 @@ class GenerateArgs:
     seed: int | None = arg(None, help="random seed: the same seed gives the same text")
     precision: str = arg("auto", help="auto: bf16 where supported, fp32 on CPU", choices=PRECISIONS)
     json: bool = arg(False, help="print one JSON object a line: {prompt, completion}")
+    chat: bool = arg(False, help="each prompt is a user message, through the chat template")
+    system: str | None = arg(None, help="with --chat: a system message before each prompt")
+    chat_template: str | None = arg(
+        None,
+        help="with --chat: 'default' (bloomkit's Zephyr-style template) or a Jinja file "
+        "(default: the tokenizer's own)",
+    )
     stream: bool = arg(True, help="stream tokens as they come (batches of one prompt)")
     trust_remote_code: bool = arg(False, help="allow model code from the Hub")
 
@@ -142,6 +157,8 @@ class GenerateArgs:
         _check(self.repetition_penalty > 0, "--repetition-penalty must be positive")
         _check(self.batch_size >= 1, "--batch-size must be at least 1")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        _check(self.chat or self.system is None, "--system needs --chat")
+        _check(self.chat or self.chat_template is None, "--chat-template needs --chat")
         if self.prompts_file is not None:
             self.prompts_file = Path(self.prompts_file)
 

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from bloomkit import __version__, peaks
+from bloomkit.chat import use_template
 from bloomkit.config import FinetuneArgs, to_dict
-from bloomkit.data import pack, read_examples
+from bloomkit.data import has_chat, pack, read_examples
 from bloomkit.errors import BloomkitError, GPUOutOfMemory, UsageError
 from bloomkit.models import (
     DTYPES,
@@ -33,6 +34,7 @@ from bloomkit.models import (
     resolve_precision,
     tiny_cpu_threads,
 )
+from bloomkit.paths import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,11 @@ def _swap_into_place(partial: Path, final: Path) -> None:
 def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train, save into OUTPUT.partial, rename to OUTPUT; returns the run's summary."""
     # Cheap checks first: a bad data file or output directory fails before the heavy imports,
-    # and before anything on disk changes.
+    # and before anything on disk changes. A file where the output directory (or its
+    # OUTPUT.partial) goes would otherwise fail only at the end, after the whole run.
+    final = args.output.expanduser().resolve()
+    check_output_dir(final, "--output")
+    check_output_dir(partial_dir(final), "--output's work directory")
     examples = read_examples(args.data, args.split)
     is_main = int(os.environ.get("RANK", "0")) == 0
     final, partial, checkpoint = _prepare_dirs(args, is_main)
@@ -147,6 +153,10 @@ def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str
     state.wait_for_everyone()  # rank 0 has cleared or copied OUTPUT.partial
     is_main = state.is_main_process
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    if has_chat(examples) or args.chat_template is not None:
+        # Set on the tokenizer that is saved with the output: generate --chat on the output
+        # then renders prompts exactly as the training data was rendered.
+        use_template(tokenizer, args.chat_template, args.model)
     dataset = pack(examples, tokenizer, args.seq_len)
 
     device = default_device()

@@ -2,7 +2,8 @@
 
 Prompts come from the arguments, a file, or stdin (one a line), and run in batches (left
 padding). A batch of one streams its tokens to stdout as they come; with --seed, sampling gives
-the same text every time.
+the same text every time. With --chat each prompt becomes a user turn (after --system, if
+given) rendered by the model's chat template, ending where the assistant's answer begins.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import IO, Any
 
 import torch
 
+from bloomkit.chat import prompt_text, use_template
 from bloomkit.config import GenerateArgs
 from bloomkit.errors import BloomkitError, GPUOutOfMemory, UsageError
 from bloomkit.models import DTYPES, default_device, load_model, resolve_precision
@@ -49,7 +51,8 @@ def read_prompts(args: GenerateArgs, stdin: IO[str] | None = None) -> list[str]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError as exc:
-            raise BloomkitError(f"prompts file '{path}' not found") from exc
+            # A file the command line named is not there: bad usage (exit 2).
+            raise UsageError(f"prompts file '{path}' not found") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise BloomkitError(f"cannot read prompts file '{path}': {exc}") from exc
         prompts = _prompts_from_lines(lines, str(path))
@@ -89,6 +92,8 @@ def generate(
     tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.chat:
+        use_template(tokenizer, args.chat_template, args.model)
 
     class Streamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -110,7 +115,11 @@ def generate(
         if args.seed is not None:
             # Per batch, so a prompt's text does not depend on the batches before it.
             torch.manual_seed(args.seed)
-        inputs = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+        # A chat template writes the special tokens it wants (a BOS, say) into the text itself.
+        texts = [prompt_text(tokenizer, p, args.system) for p in batch] if args.chat else batch
+        inputs = tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not args.chat
+        ).to(device)
         stream = args.stream and len(batch) == 1 and not args.json
         if stream and results:
             out.write("\n")  # a blank line between completions

@@ -29,6 +29,7 @@ import torch
 from bloomkit import __version__, gpu, peaks
 from bloomkit.config import TINY, SmokeArgs, to_dict
 from bloomkit.errors import BloomkitError
+from bloomkit.paths import check_output_file
 from bloomkit.report import (
     FAIL,
     PASS,
@@ -471,8 +472,20 @@ def run_smoke(ctx: SmokeContext, stages: list[Stage] | None = None) -> dict[str,
     }
 
 
+def _check_report_path(args: SmokeArgs) -> None:
+    """Refuse a --json path that cannot be written before a minute of stages, not after."""
+    if args.json is None:
+        return
+    names = [os.environ.get("RANK", "0")]
+    if args.distributed and "{rank}" in str(args.json):
+        names.append("fleet")  # rank 0 also writes the fleet verdict there
+    for name in names:
+        check_output_file(Path(str(args.json).replace("{rank}", name)).expanduser(), "--json")
+
+
 def smoke(args: SmokeArgs, debug: bool = False) -> int:
     """The `bloomkit smoke` command: run, print the summary, write the report; the exit code."""
+    _check_report_path(args)
     import transformers
 
     if not debug:
