@@ -30,7 +30,7 @@ from gpurig.facts.gpu import GpuHost
 from gpurig.facts.system import HostProbe, to_host_facts
 from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
-from gpurig.plan import smoke
+from gpurig.plan import HostPlan, converged, smoke
 
 NO_REPORT = "no report"  # the smoke role's verdict when bloomkit wrote none
 # Split the output of the probes sent in one round trip.
@@ -96,17 +96,35 @@ def venv_path(stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> st
         return ctl.stack.host.venv  # the plan names the invalid host data
 
 
-def plan(
-    stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Facts -> verdict -> the host's plan (gpurig.plan), as the data the roles act on.
+def host_plan(stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> HostPlan:
+    """Facts -> verdict -> the host's plan (gpurig.plan).
 
     values: the host's variables, in the override vocabulary both front ends share
     (gpurig.overrides): gpurig_host_venv, gpurig_smoke_timeout_s, ...
     """
     ctl = controller(stack_file, lock_dir)
     probed = parse_probe(stdout)
-    return ctl.host_plan(values, probed.facts, probed.gpu, probed.sources).to_json()
+    return ctl.host_plan(values, probed.facts, probed.gpu, probed.sources)
+
+
+def plan(
+    stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The host's plan as the data the roles act on (`converged` still empty)."""
+    return host_plan(stdout, stack_file, lock_dir, values).to_json()
+
+
+def converged_probe(planned: HostPlan) -> str | None:
+    """The one round trip (as root) that tells which steps the host already has; None when
+    the plan has no steps to check (a refused host)."""
+    if not planned.stages:
+        return None
+    return converged.probe_command(planned.steps(), planned.folders())
+
+
+def converged_steps(planned: HostPlan, stdout: str) -> list[str]:
+    """The step ids the roles skip: every check of each was made, and passed."""
+    return converged.converged(planned.steps(), planned.folders(), stdout)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from gpurig import hostlayout
 from gpurig.sandbox import Fleet, docker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -180,6 +181,32 @@ def test_check_mode_on_converged_hosts_is_clean(provisioned: Provisioned) -> Non
     assert check.code == 0
     assert all(r["changed"] == 0 for r in check.recap().values())
     assert "2 skipped" in check.output  # no smoke test in check mode
+
+
+def test_drift_is_found_and_repaired(provisioned: Provisioned) -> None:
+    """The roles skip what the one-round-trip probe shows in place (gpurig.plan.converged):
+    a file with other bytes, a file with another mode and a folder with another owner are each
+    found and put back, and the run after that changes nothing."""
+    assert provisioned.ansible.code == 0
+    host = provisioned.fleet.host("sandbox-1")
+    tamper = (
+        f"sudo chmod 0644 {hostlayout.ENV_FILE} && "
+        f"echo '# edited by hand' | sudo tee -a {hostlayout.PROFILE_SCRIPT} >/dev/null && "
+        f"sudo chown root:root {hostlayout.STATE_DIR}"
+    )
+    code, out = provisioned.fleet.ssh(host, tamper)
+    assert code == 0, out
+    no_smoke = ("--limit", "sandbox-1", "-e", '{"gpurig_skip_smoke": true}')
+    repaired = ansible(provisioned.env, *no_smoke)
+    assert repaired.code == 0
+    assert repaired.recap()["sandbox-1"]["changed"] >= 3
+    code, out = provisioned.fleet.ssh(
+        host,
+        f"sudo stat -c '%a %U' {hostlayout.ENV_FILE} {hostlayout.STATE_DIR}; "
+        f"grep -c 'edited by hand' {hostlayout.PROFILE_SCRIPT}",
+    )
+    assert out.split() == ["640", "root", "755", "gpurig", "0"], out
+    assert ansible(provisioned.env, *no_smoke).recap()["sandbox-1"]["changed"] == 0
 
 
 def test_parity_suite_passes_on_both_front_ends(provisioned: Provisioned) -> None:

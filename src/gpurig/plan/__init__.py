@@ -96,6 +96,9 @@ class HostPlan:
             "stages": {s.name: [step.id for step in s.steps] for s in self.stages},
             "steps": {step.id: step.to_json() for step in self.steps()},
             "folders": self.folders(),
+            # Filled by the Ansible preflight from one probe (gpurig.plan.converged): the steps
+            # the host already has, which the roles skip instead of checking one by one.
+            "converged": [],
             "driver": self.driver.to_json() if self.driver else None,
         }
 
