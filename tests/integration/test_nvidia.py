@@ -12,6 +12,7 @@ facts (tests/unit/test_nvidia_deploy.py), as are a loaded driver that is too old
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from gpurig import spec
+from gpurig.lock import LOCK_VERSION, MANIFEST, target_name
 from gpurig.sandbox.testing import SandboxFleet
 
 pytestmark = pytest.mark.integration
@@ -269,3 +272,63 @@ def test_debian_driver_install_for_real_ends_in_the_named_dkms_diagnosis(
     assert f"DKMS build failed: no kernel headers for {kernel}" in rerun
     install = rerun.split("Install NVIDIA driver 535", 1)[1].split("-->", 1)[0]
     assert "No changes" in install
+
+
+def made_up_lock(stack_path: Path, directory: Path) -> Path:
+    """A lock on disk for a stack no machine here can resolve (cu126: PyTorch's index), as
+    nvidia_stage.py makes in memory: the driver stage reads only the target's variant, and the
+    run stops at the driver, before anything installs from it."""
+    stack = spec.load(stack_path)
+    targets = {}
+    for variant in stack.torch.variants:
+        for python in stack.python:
+            name = target_name(variant, python)
+            text = f"torch=={stack.torch.version}\n"
+            (directory / f"{name}.txt").write_text(text)
+            targets[name] = {
+                "name": name, "variant": variant, "python": python, "file": f"{name}.txt",
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "index": stack.sources.index, "extra_index": None,
+                "find_links": [], "packages": {"torch": stack.torch.version},
+            }  # fmt: skip
+    manifest = {"lock_version": LOCK_VERSION, "spec_sha256": stack.digest(), "targets": targets}
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return directory
+
+
+def test_ansible_ends_in_the_same_dkms_diagnosis(sandbox_fleet: Fleet, tmp_path: Path) -> None:
+    """The Ansible roles on a fresh pretend-H100 host with Debian's 535 driver: the real
+    install, then the same one-line DKMS diagnosis as the pyinfra deploy (test above)."""
+    fleet = sandbox_fleet(os="bookworm", count=1, pretend_gpu="H100", name="nvidia-real-ansible")
+    name = fleet.hosts[0].name
+    _, kernel = fleet.ssh(name, "uname -r")
+    kernel = kernel.strip()
+    stack = stack_file(tmp_path, DEBIAN_535)
+    (tmp_path / "lock").mkdir()
+    env = {
+        **fleet.env,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "GPURIG_REPORTS_DIR": str(tmp_path / "reports"),
+        "GPURIG_STACK": str(stack),
+        "GPURIG_LOCK": str(made_up_lock(stack, tmp_path / "lock")),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    argv = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(fleet.ansible_inventory),
+        "playbooks/gpu.yml",
+    ]
+    run = subprocess.run(
+        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    report = json.loads((tmp_path / "reports" / f"{name}.json").read_text())
+    (failure,) = report["failures"]
+    assert f"DKMS build failed: no kernel headers for {kernel}" in failure, failure
+    assert f"Fix: apt install linux-headers-{kernel}" in failure
+    assert "Traceback" not in output
+    _status, dpkg = fleet.ssh(name, "dpkg-query -W -f='${Status} ${Version}' nvidia-kernel-dkms")
+    assert dpkg.startswith("install ok installed 535."), dpkg
