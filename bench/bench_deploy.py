@@ -17,31 +17,22 @@ removed at the end (unless --keep). Prints the figures and writes them as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+
+from fleetbench import REPO, bench_fleet, gpurig_deploy, timed
 
 from gpurig import bloomkit_wheel, lock, spec
 from gpurig.lock import _uv
-from gpurig.sandbox import Fleet, SandboxHost, docker_env, ensure_engine
+from gpurig.sandbox import Fleet, SandboxHost
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET = "cpu-cp311"  # what a GPU-less bookworm host gets
 RERUNS = 5
-
-
-def timed(label: str, command: list[str], env: dict[str, str]) -> float:
-    seconds, _ = timed_ops(label, command, env)
-    return seconds
 
 
 def timed_ops(
@@ -148,36 +139,19 @@ def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -
     return seconds
 
 
-def deploy(limit: list[str], *args: str) -> list[str]:
-    command = [sys.executable, "-m", "gpurig.cli", "deploy", *args, "--"]
-    for name in limit:
-        command += ["--limit", name]
-    return command
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-deploy.json")
     parser.add_argument("--skip-blog", action="store_true", help="skip the blog-post route")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts")
     args = parser.parse_args()
-    ensure_engine()
-    state_dir = Path(tempfile.mkdtemp(prefix="gpurig-bench-"))
-    fleet = Fleet(state_dir)
-    env = {
-        **os.environ,
-        **docker_env(),
-        **fleet.env(),
-        "GPURIG_REPORTS_DIR": str(state_dir / "reports"),
-    }
-    env.pop("GPURIG_HOSTS", None)
-    figures: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
-    try:
+    with bench_fleet("deploy", keep=args.keep) as bench:
+        fleet, env, figures = bench.fleet, bench.env, bench.figures
         print("starting identical fresh bookworm hosts", flush=True)
         first, floor_host, blog_host = fleet.up(3)
-        files, torch = staged_files(state_dir)
+        files, torch = staged_files(bench.state_dir)
         print("fresh host to green smoke:", flush=True)
-        fresh, ops = timed_ops("gpurig deploy", deploy([first.name]), env)
+        fresh, ops = timed_ops("gpurig deploy", gpurig_deploy([first.name]), env)
         figures["fresh_gpurig_s"] = fresh
         figures["fresh_gpurig_slowest_ops_s"] = dict(
             sorted(ops.items(), key=lambda item: -item[1])[:6]
@@ -189,25 +163,20 @@ def main() -> int:
             figures["blog_over_gpurig"] = figures["fresh_blog_s"] / figures["fresh_gpurig_s"]
         print("three more hosts, deployed together (no smoke):", flush=True)
         more = [h.name for h in fleet.up(3)]
-        three = timed("gpurig deploy", deploy(more, "--skip-smoke"), env)
+        three = timed("gpurig deploy", gpurig_deploy(more, "--skip-smoke"), env)
         figures["fresh_3_hosts_no_smoke_s"] = three
         # One host and four hosts in turns, so that both see the same load on a shared machine.
         print("no-change re-runs, one host and four hosts in turns:", flush=True)
         one, four = [], []
         for i in range(RERUNS):
-            one.append(timed(f"1 host, run {i + 1}", deploy([first.name], "--skip-smoke"), env))
-            hosts = [first.name, *more]
-            four.append(timed(f"4 hosts, run {i + 1}", deploy(hosts, "--skip-smoke"), env))
+            command = gpurig_deploy([first.name], "--skip-smoke")
+            one.append(timed(f"1 host, run {i + 1}", command, env))
+            command = gpurig_deploy([first.name, *more], "--skip-smoke")
+            four.append(timed(f"4 hosts, run {i + 1}", command, env))
         figures["rerun_1_host_s"] = statistics.median(one)
         figures["rerun_4_hosts_s"] = statistics.median(four)
         figures["rerun_4_over_1"] = figures["rerun_4_hosts_s"] / figures["rerun_1_host_s"]
-    finally:
-        if not args.keep:
-            fleet.down()
-            shutil.rmtree(state_dir, ignore_errors=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    print(f"wrote {args.out}")
+    bench.write(args.out)
     return 0
 
 

@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -89,30 +85,15 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def timed(label: str, command: list[str], env: dict[str, str], expect: int = 0) -> float:
-    began = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    seconds = time.monotonic() - began
-    if done.returncode != expect:
-        tail = (done.stdout + done.stderr)[-3000:]
-        raise SystemExit(f"{label}: exit {done.returncode}, expected {expect}:\n{tail}")
-    print(f"  {label}: {seconds:.1f} s", flush=True)
-    return seconds
-
-
 def fleet_figures(runs: int, keep: bool) -> dict[str, Any]:
-    from gpurig.sandbox import Fleet, docker_env, ensure_engine
+    from fleetbench import bench_fleet, timed
 
-    ensure_engine()
-    state_dir = Path(tempfile.mkdtemp(prefix="gpurig-bench-multinode-"))
-    fleet = Fleet(state_dir)
-    work = state_dir / "work"
-    work.mkdir()
-    env = {**os.environ, **docker_env(), **fleet.env(), "GPURIG_REPORTS_DIR": str(work)}
-    env.pop("GPURIG_HOSTS", None)
-    env.pop("GPURIG_CLUSTER", None)
-    figures: dict[str, Any] = {"runs": runs}
-    try:
+    with bench_fleet("multinode", keep=keep) as bench:
+        fleet, env = bench.fleet, bench.env
+        work = bench.state_dir / "work"
+        work.mkdir()
+        env["GPURIG_REPORTS_DIR"] = str(work)
+        figures: dict[str, Any] = {"runs": runs}
         fleet.up(3, os="bookworm")
         pair_port, trio_port = free_ports(2)
         pair, trio = work / "pair.py", work / "trio.py"
@@ -139,9 +120,6 @@ def fleet_figures(runs: int, keep: bool) -> dict[str, Any]:
         fleet.stop(fleet.hosts[1])
         smoke = [*gpurig, "cluster", "smoke", "-i", str(trio), "--quick"]
         figures["stopped_node_named_s"] = round(timed("stopped node", smoke, env, expect=1), 1)
-    finally:
-        if not keep:
-            fleet.down()
     return figures
 
 
