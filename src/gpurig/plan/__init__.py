@@ -21,7 +21,7 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import python, smoke, system, venv
+from gpurig.plan import driver_scripts, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
@@ -96,7 +96,7 @@ class HostPlan:
             "stages": {s.name: [step.id for step in s.steps] for s in self.stages},
             "steps": {step.id: step.to_json() for step in self.steps()},
             "folders": self.folders(),
-            "driver": self.driver.to_json() if self.driver else None,
+            "driver": driver_scripts.driver_json(self.driver) if self.driver else None,
         }
 
 
