@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gpurig import hostlayout
 from gpurig.errors import UsageError
 from gpurig.spec_text import SpecErrors as SpecErrors  # what a caller of `load` catches
 from gpurig.spec_text import decode, problem, read_mapping
@@ -118,13 +119,12 @@ class Nvidia(Strict):
 
 class HostLayout(Strict):
     user: str = Field("gpurig", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="service user")
+    # The defaults are host paths: hostlayout holds every one.
     venv: HostPath = Field(
-        "/opt/gpurig/venv", description="live venv path (a link to the locked venv)"
+        hostlayout.DEFAULT_VENV, description="live venv path (a link to the locked venv)"
     )
-    hf_home: HostPath = Field("/var/cache/gpurig/huggingface", description="Hugging Face cache")
-    report: HostPath = Field(
-        "/var/lib/gpurig/smoke.json", description="where smoke writes its report"
-    )
+    hf_home: HostPath = Field(hostlayout.DEFAULT_HF_HOME, description="Hugging Face cache")
+    report: HostPath = Field(hostlayout.DEFAULT_REPORT, description="where smoke writes its report")
 
 
 class Network(Strict):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from gpurig.diagnose.names import (
     DKMS_FAILED,
-    DKMS_MOK,
     DPKG_LOCKED,
     ENROLL_MOK,
     FELL_OFF_BUS,
@@ -39,6 +38,7 @@ from gpurig.diagnose.names import (
     nouveau_diagnosis,
 )
 from gpurig.diagnose.signatures import SIGNATURES
+from gpurig.hostlayout import DKMS_MOK
 
 if TYPE_CHECKING:
     from gpurig.model.host import GpuState, HostFacts

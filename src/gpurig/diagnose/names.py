@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from gpurig.hostlayout import DKMS_MOK
+
 # Names are stable: reports, tests and docs/gpu.md match on them.
 DPKG_LOCKED = "dpkg lock held"
 PACKAGE_MISSING = "driver package not found"
@@ -22,7 +24,6 @@ NOT_LOADED = "driver not loaded"
 TOO_OLD = "driver too old for the wheel"
 UNRECOGNISED = "unrecognised failure"
 
-DKMS_MOK = "/var/lib/dkms/mok.pub"
 ENROLL_MOK = (
     f"enroll the DKMS MOK (mokutil --import {DKMS_MOK}) and reboot; confirm the key in the "
     "MOK manager on the console at boot"
