@@ -69,15 +69,15 @@ def test_the_image_gets_what_a_host_of_its_distribution_gets(
     )
     assert (image.user, image.home) == (user.user, user.home)
     assert image.venv == venv.link
-    assert image.hf_home in image.folders
+    assert image.hf_home == stack.host.hf_home
     assert image.report == host.stack.host.report
     assert image.python_dir == hostlayout.PYTHON_DIR
 
 
 def test_a_python_source_given_replaces_the_distributions(stack: spec.Stack, locked: Lock) -> None:
     target = locked.targets["cpu-cp311"]
-    assert image_plan.build(stack, target, "debian-12", python_source="uv").uv_python
-    assert not image_plan.build(stack, target, None, python_source="system").uv_python
+    assert image_plan.build(stack, target, "debian-12", source="uv").uv_python
+    assert not image_plan.build(stack, target, None, source="system").uv_python
     assert image_plan.build(stack, target, None).uv_python  # an unknown base: uv brings it
 
 

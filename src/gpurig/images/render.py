@@ -90,10 +90,9 @@ def os_of_image(image: str) -> str | None:
 
 
 def python_source(target: Target, os_name: str | None) -> str:
-    """'system' when the base's distribution ships the target's Python, else 'uv' (the plan's
-    choice, as for a host of that distribution)."""
-    shipped = image_plan.shipped_python(os_name)
-    return "system" if shipped == target.python else "uv"
+    """'system' when the base's distribution ships the target's Python, else 'uv' (the image
+    plan's choice; gpurig image build asks it before it inspects a base of unknown name)."""
+    return image_plan.python_source(target, os_name)
 
 
 # What an ARG or ENV default can hold unquoted: these characters read back unchanged.
@@ -160,7 +159,7 @@ def render_target(
 ) -> Rendered:
     """One target's Dockerfile; `base`/`source` replace the defaults (gpurig image build)."""
     base = base or default_base(target)
-    image = image_plan.build(stack, target, os_of_image(base), python_source=source)
+    image = image_plan.build(stack, target, os_of_image(base), source=source)
     args = build_args(stack, locked, target, base, image)
     quoted = {key: arg_value(key, value) for key, value in args.items()}
     fields = {

@@ -2,7 +2,7 @@
 
 An image is planned as a host: its base image stands in for the host's facts (the base's
 distribution and its python3, no GPU, no systemd), preflight chooses the Python the same way,
-and the system, python and verify stages give the service user, its folders, the environment,
+and the system, python and verify stages give the service user and its home, the environment,
 the uv-managed Python's folder and the report. The Dockerfile (gpurig.images.render) reads
 these values here and decides none, so an image and a provisioned host cannot disagree on a
 path, a user or a Python.
@@ -18,7 +18,7 @@ from gpurig import compat, hostlayout, preflight
 from gpurig.lock import Target
 from gpurig.model.host import HostFacts
 from gpurig.plan import python, smoke, system
-from gpurig.plan.steps import Directories, ServiceUser, Step
+from gpurig.plan.steps import ServiceUser, Step
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
@@ -27,14 +27,12 @@ S = TypeVar("S", bound=Step)
 
 @dataclass(frozen=True)
 class ImagePlan:
-    target: Target
     python: str  # the venv's Python version
     uv_python: bool  # True: uv installs it (the base's distribution does not ship it)
     python_dir: str  # where uv keeps its Pythons, as on a host
     venv: str  # the live venv path (a host's link; the image builds the venv there)
     user: str  # the service user
     home: str  # its home: the state folder
-    folders: list[str]  # the service user's folders (state, report, HF cache)
     hf_home: str
     ca_dir: str  # where extra CA certificates go before update-ca-certificates
     ca_bundle: str  # the system trust store every tool is pointed at
@@ -48,6 +46,11 @@ class ImagePlan:
 def shipped_python(os_name: str | None) -> str | None:
     """The python3 a distribution ships (compat.yaml's os_python), if gpurig knows it."""
     return compat.table().os_python.get(os_name or "")
+
+
+def python_source(target: Target, os_name: str | None) -> str:
+    """'system' when the base's distribution ships the target's Python, else 'uv'."""
+    return "system" if shipped_python(os_name) == target.python else "uv"
 
 
 def base_facts(os_name: str | None, python3: str | None) -> HostFacts:
@@ -80,27 +83,18 @@ def _one(steps: list[Step], kind: type[S]) -> S:
 
 
 def build(
-    stack: Stack, target: Target, os_name: str | None, python_source: str | None = None
+    stack: Stack, target: Target, os_name: str | None, source: str | None = None
 ) -> ImagePlan:
     """The plan of the image of `target` on a base of distribution `os_name` ('debian-12');
-    python_source ('system' or 'uv') replaces what the distribution's name says."""
-    if python_source is None:
-        python3 = shipped_python(os_name)
-    else:
-        python3 = target.python if python_source == "system" else None
+    source ('system' or 'uv') replaces what the distribution's name says about its Python."""
+    source = source or python_source(target, os_name)
+    python3 = target.python if source == "system" else None
     verdict = choose_python(stack, target, base_facts(os_name, python3))
     assert verdict.python is not None
-    # The image copies the CA from its build context, so no checksum is needed; the bundle
-    # path itself is what the host's steps name.
-    steps = [
-        *system.steps(stack, ca_sha256=""),
-        *python.steps(stack, verdict.python, verdict.uv_python, hostlayout.UV_BIN, ""),
-    ]
-    user = _one(steps, ServiceUser)
-    folders = _one(steps, Directories)
+    # The image copies the CA from its build context: no checksum is needed here.
+    user = _one(system.steps(stack, ca_sha256=""), ServiceUser)
     env = system.environment(stack)
     return ImagePlan(
-        target=target,
         python=verdict.python,
         uv_python=verdict.uv_python,
         # Both of the Dockerfile's Python stages are declared, so the folder is always named.
@@ -108,7 +102,6 @@ def build(
         venv=hostlayout.Layout(stack).venv_link,
         user=user.user,
         home=user.home,
-        folders=folders.paths,
         hf_home=env["HF_HOME"],
         ca_dir=str(PurePosixPath(hostlayout.CA_FILE).parent),
         ca_bundle=env["SSL_CERT_FILE"],
