@@ -16,9 +16,12 @@ import pytest
 import torch
 
 from bloomkit import distributed, peaks
+from bloomkit.busbw import busbw_expectation, rdma_ports
 from bloomkit.config import SmokeArgs
+from bloomkit.ddp import DDP_WEIGHTS_ATOL, rank_batch
+from bloomkit.fleet import fleet_verdict, gather_fleet
 from bloomkit.report import load_schema
-from bloomkit.smoke import SmokeContext
+from bloomkit.stages import SmokeContext
 
 jsonschema = pytest.importorskip("jsonschema")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -40,25 +43,25 @@ def quiet_env(**extra: str) -> dict[str, str]:
 
 def test_thresholds_per_sku_and_interconnect() -> None:
     # 8 GPUs on one NVSwitch board: 80% of what such boards measure in nccl-tests.
-    h100, basis = distributed.busbw_expectation("H100 SXM", nodes=1, local_ranks=8, nic_gbs=None)
+    h100, basis = busbw_expectation("H100 SXM", nodes=1, local_ranks=8, nic_gbs=None)
     assert h100 == pytest.approx(0.8 * 475)
     assert "S62129" in basis
-    a100, _ = distributed.busbw_expectation("A100 SXM 80GB", nodes=1, local_ranks=8, nic_gbs=None)
+    a100, _ = busbw_expectation("A100 SXM 80GB", nodes=1, local_ranks=8, nic_gbs=None)
     assert a100 == pytest.approx(0.8 * 200)
     # Fewer GPUs on the board: the single-host NCCL stage's rule (60% of NVLink per direction).
-    two, _ = distributed.busbw_expectation("H200 SXM", nodes=1, local_ranks=2, nic_gbs=None)
+    two, _ = busbw_expectation("H200 SXM", nodes=1, local_ranks=2, nic_gbs=None)
     assert two == pytest.approx(peaks.BUSBW_FRACTION * 450)
-    four, _ = distributed.busbw_expectation("A100 SXM 40GB", 1, 4, None)  # never above 8 GPUs'
+    four, _ = busbw_expectation("A100 SXM 40GB", 1, 4, None)  # never above 8 GPUs'
     assert four == pytest.approx(0.8 * 200)
     # Across nodes the RDMA ports bound it: 8x NDR = 400 GB/s; 4x HDR = 100 GB/s.
-    ndr, basis = distributed.busbw_expectation("H100 SXM", nodes=2, local_ranks=8, nic_gbs=400)
+    ndr, basis = busbw_expectation("H100 SXM", nodes=2, local_ranks=8, nic_gbs=400)
     assert ndr == pytest.approx(0.8 * 400)
     assert "RDMA" in basis
-    hdr, _ = distributed.busbw_expectation("A100 SXM 40GB", nodes=3, local_ranks=8, nic_gbs=100)
+    hdr, _ = busbw_expectation("A100 SXM 40GB", nodes=3, local_ranks=8, nic_gbs=100)
     assert hdr == pytest.approx(80)
     # Measured only: TCP sockets between nodes, a PCIe card on one node.
-    assert distributed.busbw_expectation("H100 SXM", 2, 8, None)[0] is None
-    assert distributed.busbw_expectation("L40S", 1, 4, None)[0] is None
+    assert busbw_expectation("H100 SXM", 2, 8, None)[0] is None
+    assert busbw_expectation("L40S", 1, 4, None)[0] is None
 
 
 def test_rdma_ports_reads_active_ports_and_their_rate(tmp_path: Path) -> None:
@@ -72,12 +75,12 @@ def test_rdma_ports_reads_active_ports_and_their_rate(tmp_path: Path) -> None:
         (port / "state").write_text(state + "\n")
         (port / "rate").write_text(rate + "\n")
         (port / "link_layer").write_text(link + "\n")
-    found = distributed.rdma_ports(tmp_path)
+    found = rdma_ports(tmp_path)
     assert [(p["device"], p["gbits"], p["link"]) for p in found] == [
         ("mlx5_0", 400.0, "InfiniBand"),
         ("mlx5_2", 200.0, "Ethernet"),
     ]
-    assert distributed.rdma_ports(tmp_path / "absent") == []
+    assert rdma_ports(tmp_path / "absent") == []
 
 
 def test_the_fleet_verdict_names_missing_and_failed_ranks() -> None:
@@ -92,7 +95,7 @@ def test_the_fleet_verdict_names_missing_and_failed_ranks() -> None:
         2: {**ok, "rank": 2, "host": "node-1", "node_rank": 1, "verdict": "fail",
             "failures": ["busbw: too slow"]},
     }  # fmt: skip
-    fleet = distributed.fleet_verdict(summaries, 4, roster)
+    fleet = fleet_verdict(summaries, 4, roster)
     assert fleet["verdict"] == "fail"
     assert fleet["reported"] == 3
     assert fleet["failures"] == [
@@ -102,15 +105,15 @@ def test_the_fleet_verdict_names_missing_and_failed_ranks() -> None:
     del summaries[2]
     summaries[2] = {**ok, "rank": 2, "host": "node-1", "node_rank": 1}
     summaries[3] = {**ok, "rank": 3, "host": "node-1", "node_rank": 1}
-    assert distributed.fleet_verdict(summaries, 4, roster)["verdict"] == "pass"
+    assert fleet_verdict(summaries, 4, roster)["verdict"] == "pass"
 
 
 def test_each_rank_trains_on_its_own_batch() -> None:
     ids = list(range(100))
-    first, second = (distributed.rank_batch(ids, r, 2, 8) for r in (0, 1))
+    first, second = (rank_batch(ids, r, 2, 8) for r in (0, 1))
     assert first.shape == (2, 8)
     assert not torch.equal(first, second)
-    assert torch.equal(first, distributed.rank_batch(ids, 0, 2, 8))
+    assert torch.equal(first, rank_batch(ids, 0, 2, 8))
 
 
 def test_distributed_stages_join_right_after_cuda() -> None:
@@ -129,18 +132,18 @@ def test_outside_torchrun_it_says_how_to_launch(cli) -> None:
 
 def test_rank_zero_names_a_rank_that_never_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     store = torch.distributed.HashStore()
-    monkeypatch.setattr(distributed, "_store", lambda: store)
+    monkeypatch.setattr("bloomkit.fleet._store", lambda: store)
     ctx = SmokeContext(args=SmokeArgs(distributed=True), rank=0, world_size=2)
     mine = {"rank": 0, "host": "a", "node_rank": 0, "local_rank": 0, "verdict": "pass",
             "failures": [], "busbw_gbs": None, "seconds": 1.0}  # fmt: skip
     began = time.monotonic()
-    fleet = distributed.gather_fleet(ctx, mine, wait_s=0.5)
+    fleet = gather_fleet(ctx, mine, wait_s=0.5)
     assert time.monotonic() - began < 5
     assert fleet["verdict"] == "fail"
     assert fleet["failures"] == ["rank 1: no verdict (died, hung or never joined)"]
     # The other rank reads rank 0's decision, whatever its own verdict.
     other = SmokeContext(args=SmokeArgs(distributed=True), rank=1, world_size=2)
-    assert distributed.gather_fleet(other, {**mine, "rank": 1}, wait_s=0.5) == fleet
+    assert gather_fleet(other, {**mine, "rank": 1}, wait_s=0.5) == fleet
 
 
 # --- real process groups on this machine -----------------------------------------------------
@@ -178,7 +181,7 @@ def test_two_ranks_under_torchrun_pass_with_a_fleet_verdict(tmp_path: Path) -> N
         ddp = stages["ddp"]["figures"]
         assert ddp["identical_across_ranks"]
         assert ddp["same_initial_weights"]
-        assert ddp["max_diff_vs_reference"] <= distributed.DDP_WEIGHTS_ATOL
+        assert ddp["max_diff_vs_reference"] <= DDP_WEIGHTS_ATOL
         digests.add(ddp["weights_sha256"])
         assert "llm" not in stages  # the per-host LLM path is the deploy smoke's job
     assert len(digests) == 1
@@ -205,7 +208,8 @@ RANK_SCRIPT = textwrap.dedent(
     import json, os, sys
     from bloomkit import distributed
     from bloomkit.config import SmokeArgs
-    from bloomkit.smoke import SmokeContext, Stage, run_smoke
+    from bloomkit.fleet import gather_fleet, rank_summary
+    from bloomkit.stages import SmokeContext, Stage, run_smoke
 
     def die(ctx, result):
         if ctx.rank == 1:
@@ -215,7 +219,7 @@ RANK_SCRIPT = textwrap.dedent(
     stages = [s for s in distributed.distributed_stages() if s.name in ("dist", "allreduce")]
     stages.insert(1, Stage("die", die))
     report = run_smoke(ctx, stages)
-    fleet = distributed.gather_fleet(ctx, distributed.rank_summary(ctx, report), wait_s=4)
+    fleet = gather_fleet(ctx, rank_summary(ctx, report), wait_s=4)
     print(json.dumps({"report": report, "fleet": fleet}))
     """
 )

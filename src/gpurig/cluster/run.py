@@ -14,11 +14,12 @@ from typing import Any
 import paramiko
 
 from gpurig.cluster import launch
-from gpurig.cluster.files import CLUSTER_ENV, parse_env
+from gpurig.cluster.files import parse_env
 from gpurig.cluster.launch import FILE_MARK, KILL_TREE, _pid, _sudo, launch_command, split_files
 from gpurig.cluster.model import Cluster
 from gpurig.cluster.transport import CONNECT_TIMEOUT_S, Remote, Running
 from gpurig.errors import GpurigError
+from gpurig.hostlayout import CLUSTER_ENV
 
 GRACE_S = 10.0  # after a node failed: time for the others to fail (or pass) on their own
 

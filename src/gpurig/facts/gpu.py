@@ -13,7 +13,13 @@ import shlex
 
 from pyinfra.api.facts import FactBase
 
-from gpurig.hostlayout import NONFREE_LIST, NOUVEAU_CONF, PERSISTENCED_DROPIN, UNATTENDED_CONF
+from gpurig.hostlayout import (
+    DKMS_MOK,
+    NONFREE_LIST,
+    NOUVEAU_CONF,
+    PERSISTENCED_DROPIN,
+    UNATTENDED_CONF,
+)
 from gpurig.model.host import GpuState, SmiGpu, apply, pci_gpu
 
 __all__ = [
@@ -82,8 +88,8 @@ dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\n' 2>/dev/null | awk
 echo @@dkms
 command -v dkms >/dev/null 2>&1 && dkms status 2>/dev/null
 echo @@mok
-if [ -f /var/lib/dkms/mok.pub ] && command -v mokutil >/dev/null 2>&1; then
-  mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | head -n 1
+if [ -f __MOK__ ] && command -v mokutil >/dev/null 2>&1; then
+  mokutil --test-key __MOK__ 2>&1 | head -n 1
 fi
 echo @@log
 { dmesg 2>/dev/null || sudo -n dmesg 2>/dev/null; } | grep -aiE 'nvrm|nvidia|nouveau|key was rejected|unsigned module' | tail -n 40
@@ -252,6 +258,7 @@ class GpuHost(FactBase[GpuState]):
             .replace("__SMI__", SMI_FIELDS)
             .replace("__PACKAGES__", PACKAGE_PATTERN)
             .replace("__FILES__", " ".join(MANAGED_FILES))
+            .replace("__MOK__", DKMS_MOK)
         )
 
     @staticmethod

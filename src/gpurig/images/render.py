@@ -1,14 +1,19 @@
-"""images/<target>/Dockerfile from images/Dockerfile.template, stack.yml and the lock.
+"""images/<target>/Dockerfile from images/Dockerfile.template, the image's plan and the lock.
 
-The template's `{{name}}` fields are the ARG defaults of one lock target: its base image, Python,
-torch build, index and labels. `gpurig image render` writes one Dockerfile per target and the
-drift test fails when a committed copy differs from a fresh render (like `gpurig render` for the
-Ansible roles); `gpurig image build` renders into its build context, so it never builds a stale
-copy. Every default is also passed as a build argument, so `--base` and mirrors override them.
+The template's `{{name}}` fields are the ARG defaults of one lock target: its base image, torch
+build, index and labels from the lock; its Python, venv, user and paths from the image's plan
+(gpurig.plan.image: the same steps a host of the base's distribution gets). Every value is
+quoted for the place it lands in (an ARG default, a bare word, JSON).
+
+`gpurig image render` writes one Dockerfile per target and the drift test fails when a
+committed copy differs from a fresh render (like `gpurig render` for the Ansible roles);
+`gpurig image build` renders into its build context, so it never builds a stale copy. Every
+default is also passed as a build argument, so `--base` and mirrors override them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +21,11 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from gpurig import compat, hostlayout
+from gpurig import compat
 from gpurig.errors import GpurigError
 from gpurig.lock import Lock, Target
+from gpurig.plan import image as image_plan
+from gpurig.plan.image import ImagePlan
 from gpurig.spec import Stack
 
 REPO = Path(__file__).resolve().parents[3]
@@ -83,36 +90,62 @@ def os_of_image(image: str) -> str | None:
 
 
 def python_source(target: Target, os_name: str | None) -> str:
-    """'system' when the base's distribution ships the target's Python, else 'uv'."""
-    shipped = compat.table().os_python.get(os_name or "")
-    return "system" if shipped == target.python else "uv"
+    """'system' when the base's distribution ships the target's Python, else 'uv' (the image
+    plan's choice; gpurig image build asks it before it inspects a base of unknown name)."""
+    return image_plan.python_source(target, os_name)
+
+
+# What an ARG or ENV default can hold unquoted: these characters read back unchanged.
+SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+
+
+def _no_line_break(name: str, value: str) -> str:
+    # A Dockerfile is read line by line: a line break (or any control character) in a value
+    # would end the instruction and start one of the value's choosing. The schema refuses such
+    # values; this holds even for a model built without it.
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise GpurigError(
+            f"{name}: {value!r} holds a control character; it cannot go into a Dockerfile"
+        )
+    return value
+
+
+def arg_value(name: str, value: str) -> str:
+    """`value` quoted for an ARG or ENV default: the Dockerfile's own double quotes, with `\\`,
+    `"` and `$` escaped (the only characters its lexer reads there), so that it is neither split
+    nor expanded."""
+    _no_line_break(name, value)
+    if SAFE_WORD.match(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
 
 
 def build_args(
-    stack: Stack, locked: Lock, target: Target, base: str, source: str
+    stack: Stack, locked: Lock, target: Target, base: str, image: ImagePlan
 ) -> dict[str, str]:
-    """Every ARG the template declares with a default, for this target."""
+    """Every ARG the template declares with a default, for this target (unquoted values)."""
     cuda = compat.cuda_version(target.variant)
     names = [*stack.packages, *(Requirement(extra).name for extra in stack.extra_packages)]
     wanted = [canonicalize_name(name) for name in names]
     pins = [f"{name}=={target.packages[name]}" for name in wanted if name in target.packages]
     return {
         "BASE_IMAGE": base,
-        "PYTHON_SOURCE": source,
+        "PYTHON_SOURCE": image.python_source,
         "INDEX_URL": target.index,
         "EXTRA_INDEX_URL": target.extra_index or "",
         "TARGET": target.name,
         "VARIANT": target.variant,
-        "PYTHON": target.python,
+        "PYTHON": image.python,
         "TORCH_VERSION": target.torch,
         "TORCH_CUDA": cuda or "none",
         "PACKAGES": " ".join(pins),
         "LOCK_SHA256": target.sha256,
         "SPEC_SHA256": locked.spec_sha256,
-        "VENV": stack.host.venv,
-        "HF_HOME": stack.host.hf_home,
-        "STATE_DIR": hostlayout.STATE_DIR,
-        "APP_USER": stack.host.user,
+        "VENV": image.venv,
+        "HF_HOME": image.hf_home,
+        "STATE_DIR": image.home,
+        "APP_USER": image.user,
     }
 
 
@@ -126,26 +159,30 @@ def render_target(
 ) -> Rendered:
     """One target's Dockerfile; `base`/`source` replace the defaults (gpurig image build)."""
     base = base or default_base(target)
-    source = source or python_source(target, os_of_image(base))
-    args = build_args(stack, locked, target, base, source)
+    image = image_plan.build(stack, target, os_of_image(base), source=source)
+    args = build_args(stack, locked, target, base, image)
+    quoted = {key: arg_value(key, value) for key, value in args.items()}
     fields = {
-        "base_image": args["BASE_IMAGE"],
-        "python_source": args["PYTHON_SOURCE"],
-        "index_url": args["INDEX_URL"],
-        "extra_index_url": args["EXTRA_INDEX_URL"],
-        "target": args["TARGET"],
-        "variant": args["VARIANT"],
-        "python": args["PYTHON"],
-        "torch_version": args["TORCH_VERSION"],
-        "torch_cuda": args["TORCH_CUDA"],
-        "packages": args["PACKAGES"],
-        "lock_sha256": args["LOCK_SHA256"],
-        "spec_sha256": args["SPEC_SHA256"],
-        "venv": args["VENV"],
-        "hf_home": args["HF_HOME"],
-        "state_dir": args["STATE_DIR"],
-        "user": args["APP_USER"],
-        "report": stack.host.report,
+        "base_image": quoted["BASE_IMAGE"],
+        "python_source": quoted["PYTHON_SOURCE"],
+        "index_url": quoted["INDEX_URL"],
+        "extra_index_url": quoted["EXTRA_INDEX_URL"],
+        "target": quoted["TARGET"],
+        "variant": quoted["VARIANT"],
+        "python": quoted["PYTHON"],
+        "torch_version": quoted["TORCH_VERSION"],
+        "torch_cuda": quoted["TORCH_CUDA"],
+        "packages": quoted["PACKAGES"],
+        "lock_sha256": quoted["LOCK_SHA256"],
+        "spec_sha256": quoted["SPEC_SHA256"],
+        "venv": quoted["VENV"],
+        "hf_home": quoted["HF_HOME"],
+        "state_dir": quoted["STATE_DIR"],
+        "user": quoted["APP_USER"],
+        "python_dir": arg_value("python_dir", image.python_dir),
+        "ca_bundle": arg_value("ca_bundle", image.ca_bundle),
+        # Inside a JSON string (CMD's exec form): escaped as JSON, the quotes are the template's.
+        "report": json.dumps(_no_line_break("report", image.report))[1:-1],
         # The NVIDIA container toolkit mounts the host's driver into CUDA images only.
         "nvidia_visible_devices": "void" if target.variant == "cpu" else "all",
     }

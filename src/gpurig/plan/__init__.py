@@ -21,7 +21,7 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import python, smoke, system, venv
+from gpurig.plan import driver_scripts, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
@@ -99,7 +99,7 @@ class HostPlan:
             # Filled by the Ansible preflight from one probe (gpurig.plan.converged): the steps
             # the host already has, which the roles skip instead of checking one by one.
             "converged": [],
-            "driver": self.driver.to_json() if self.driver else None,
+            "driver": driver_scripts.driver_json(self.driver) if self.driver else None,
         }
 
 

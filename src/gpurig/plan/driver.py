@@ -12,7 +12,6 @@ nvidia role both act on what `plan_driver` and `driver_section` decide.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import shlex
@@ -23,13 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gpurig import compat
 from gpurig.diagnose import Context
 from gpurig.errors import GpurigError
-from gpurig.hostlayout import (
-    LOG_DIR,
-    NONFREE_LIST,
-    NOUVEAU_CONF,
-    PERSISTENCED_DROPIN,
-    UNATTENDED_CONF,
-)
+from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan.system import apt_get
 from gpurig.spec import Nvidia, Stack
@@ -315,22 +308,6 @@ class Driver:
     allow_reboot: bool
     can_reboot: bool  # a machine of its own under systemd (a container cannot)
     reboot_timeout_s: int = REBOOT_TIMEOUT_S
-
-    def to_json(self) -> dict[str, Any]:
-        from gpurig.plan import driver_scripts
-
-        data = dataclasses.asdict(self)
-        data["describe"] = self.plan.describe()
-        data["cuda_keyring_url"] = self.plan.cuda_repo + CUDA_KEYRING
-        data["scripts"] = driver_scripts.scripts(self)
-        data["names"] = driver_scripts.names(self)
-        data["paths"] = {
-            "nonfree_list": NONFREE_LIST,
-            "nouveau_conf": NOUVEAU_CONF,
-            "unattended_conf": UNATTENDED_CONF,
-            "persistenced_dropin": PERSISTENCED_DROPIN,
-        }
-        return data
 
 
 def _flag(values: Mapping[str, Any], key: str, fallback: bool) -> bool:

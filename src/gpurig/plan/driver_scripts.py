@@ -8,10 +8,13 @@ section (gpurig.plan.driver) and name failures with gpurig.diagnose.after_failur
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+from typing import Any
 
 from gpurig.diagnose import DKMS_MOK
-from gpurig.plan.driver import UNCHANGED, Driver, logged
+from gpurig.hostlayout import NONFREE_LIST, NOUVEAU_CONF, PERSISTENCED_DROPIN, UNATTENDED_CONF
+from gpurig.plan.driver import CUDA_KEYRING, UNCHANGED, Driver, logged
 from gpurig.plan.system import apt_get
 
 REBOOT_NEEDED = "gpurig: reboot needed: "
@@ -154,3 +157,20 @@ def names(driver: Driver) -> dict[str, str]:
         "smi_check": "Check nvidia-smi sees every GPU",
         "toolkit": f"Install nvcc: {driver.toolkit_source}",
     }
+
+
+def driver_json(driver: Driver) -> dict[str, Any]:
+    """The driver section as the plan's JSON: the section, its scripts and step names, and the
+    paths of its files (what the Ansible nvidia role acts on)."""
+    data = dataclasses.asdict(driver)
+    data["describe"] = driver.plan.describe()
+    data["cuda_keyring_url"] = driver.plan.cuda_repo + CUDA_KEYRING
+    data["scripts"] = scripts(driver)
+    data["names"] = names(driver)
+    data["paths"] = {
+        "nonfree_list": NONFREE_LIST,
+        "nouveau_conf": NOUVEAU_CONF,
+        "unattended_conf": UNATTENDED_CONF,
+        "persistenced_dropin": PERSISTENCED_DROPIN,
+    }
+    return data
