@@ -71,10 +71,36 @@ def torch_index(stack: Stack, variant: str) -> str | None:
         return None
     if override:
         return str(override)
-    row = table().torch.get(stack.torch.version, {})
+    row = table().torch.get(stack.torch.version_of(variant), {})
     if row.get("pypi") == variant and stack.sources.index.rstrip("/") == PYPI_SIMPLE:
         return None
     return table().indexes.get(variant)
+
+
+def _unknown(version: str, field: str) -> str:
+    known = ", ".join(sorted(table().torch, key=Version))
+    return f"{field}: no compatibility data for torch {version}; known: {known}"
+
+
+def _pypi_build_problem(stack: Stack, variant: str) -> str | None:
+    """A CUDA variant that would install PyPI's torch although PyPI builds that release for
+    another CUDA: the lock would hold the wrong build under the variant's name."""
+    version = stack.torch.version_of(variant)
+    pypi = table().torch[version].get("pypi")
+    only_pypi = stack.sources.torch_index.get(variant) is False
+    if variant == "cpu" or not only_pypi or pypi == variant:
+        return None
+    if stack.sources.index.rstrip("/") != PYPI_SIMPLE:
+        return None  # a mirror of PyTorch's own index may carry it
+    field = f"torch.versions.{variant}" if variant in stack.torch.versions else "torch.version"
+    builds = [v for v, row in table().torch.items() if row.get("pypi") == variant]
+    hint = (
+        f"set torch.versions.{variant}: {max(builds, key=Version)} (PyPI's), or " if builds else ""
+    )
+    return (
+        f"{field}: PyPI builds torch {version} for {pypi}, not {variant}, and "
+        f"sources.torch_index.{variant} is off: {hint}name PyTorch's {variant} index there"
+    )
 
 
 def problems(stack: Stack) -> list[str]:
@@ -82,26 +108,36 @@ def problems(stack: Stack) -> list[str]:
     rows = table().torch
     version = stack.torch.version
     if version not in rows:
-        known = ", ".join(sorted(rows, key=Version))
-        return [f"torch.version: no compatibility data for torch {version}; known: {known}"]
-    row = rows[version]
-    found = []
-    supported = row["python"]
+        return [_unknown(version, "torch.version")]
+    found = [
+        _unknown(v, f"torch.versions.{variant}")
+        for variant, v in stack.torch.versions.items()
+        if v not in rows
+    ]
+    if found:
+        return found
     for i, python in enumerate(stack.python):
-        if python not in supported:
-            found.append(
-                f"python[{i}]: torch {version} has no wheels for Python {python}; "
-                f"it supports {', '.join(supported)}"
-            )
-    offered = row["variants"]
+        for release in dict.fromkeys(stack.torch.version_of(v) for v in stack.torch.variants):
+            supported = rows[release]["python"]
+            if python not in supported:
+                found.append(
+                    f"python[{i}]: torch {release} has no wheels for Python {python}; "
+                    f"it supports {', '.join(supported)}"
+                )
     cuda_variants = []
     for i, variant in enumerate(stack.torch.variants):
+        release = stack.torch.version_of(variant)
+        offered = rows[release]["variants"]
         if variant not in offered:
             found.append(
-                f"torch.variants[{i}]: torch {version} has no {variant} build; "
+                f"torch.variants[{i}]: torch {release} has no {variant} build; "
                 f"it offers {', '.join(offered)}"
             )
-        elif variant != "cpu":
+            continue
+        pypi_problem = _pypi_build_problem(stack, variant)
+        if pypi_problem:
+            found.append(pypi_problem)
+        if variant != "cpu":
             cuda_variants.append(variant)
     branch = stack.nvidia.driver_branch
     runnable = [v for v in cuda_variants if driver_runs(branch, v)]
@@ -110,10 +146,12 @@ def problems(stack: Stack) -> list[str]:
             continue
         floor = min_driver(variant)
         assert floor is not None
+        release = stack.torch.version_of(variant)
+        offered = rows[release]["variants"]
         older = [v for v in offered if v != "cpu" and driver_runs(branch, v)]
         hint = f"choose the {older[-1]} variant, or " if older else ""
         found.append(
-            f"nvidia.driver_branch: {branch} cannot run torch {version} {variant} "
+            f"nvidia.driver_branch: {branch} cannot run torch {release} {variant} "
             f"(CUDA {cuda_version(variant)} needs driver {min_driver_text(variant)} or newer): "
             f"{hint}set driver branch {floor.major}"
         )

@@ -26,6 +26,7 @@ from gpurig.spec import Stack
 DEFAULT_LOCK_DIR = Path("lock")
 MANIFEST = "manifest.json"
 LOCK_VERSION = 1
+CUDA_SUFFIX = re.compile(r"-cu(\d\d)$")  # nvidia-cublas-cu12: the CUDA major it is for
 # Linux wheels for x86-64 GPU hosts; torch's own floor is manylinux_2_28.
 PLATFORM = "x86_64-manylinux_2_28"
 PIN_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
@@ -167,8 +168,8 @@ def _uv() -> str:
     return found
 
 
-def _requirements_in(stack: Stack) -> str:
-    lines = [f"torch=={stack.torch.version}"]
+def _requirements_in(stack: Stack, variant: str) -> str:
+    lines = [f"torch=={stack.torch.version_of(variant)}"]
     lines += [f"{name}=={pin}" for name, pin in stack.packages.items()]
     lines += list(stack.extra_packages)
     return "\n".join(lines) + "\n"
@@ -192,7 +193,8 @@ def _compile(stack: Stack, variant: str, python: str, workdir: Path) -> Target |
     ]  # fmt: skip
     if stack.sources.exclude_newer:
         command += ["--exclude-newer", stack.sources.exclude_newer]
-    run = subprocess.run(command, input=_requirements_in(stack), text=True, capture_output=True)
+    requirements = _requirements_in(stack, variant)
+    run = subprocess.run(command, input=requirements, text=True, capture_output=True)
     if run.returncode:
         lines = [ln.strip() for ln in run.stderr.splitlines() if ln.strip()]
         return " ".join(lines[-3:])[:400] or f"uv exited {run.returncode}"
@@ -204,6 +206,14 @@ def _compile(stack: Stack, variant: str, python: str, workdir: Path) -> Target |
         return (
             f"the sources offer only {got} build of torch ({pins['torch'][0]}) here: add a "
             f"{variant} wheel to sources.find_links or set sources.torch_index.{variant}"
+        )
+    built = _built_cuda_major(pins)
+    wanted_cuda = compat.cuda_version(variant)
+    if wanted_cuda and built and built != wanted_cuda.split(".")[0]:
+        return (
+            f"the sources offer torch {pins['torch'][0]} built for CUDA {built}, not {variant}: "
+            f"set torch.versions.{variant} to a release built for it, or "
+            f"sources.torch_index.{variant}"
         )
     wanted = {h for _, hashes in pins.values() for h in hashes}
     return Target(
@@ -218,6 +228,19 @@ def _compile(stack: Stack, variant: str, python: str, workdir: Path) -> Target |
         packages={n: v for n, (v, _) in sorted(pins.items())},
         local_wheels=_local_wheels(folders, wanted),
     )
+
+
+def _built_cuda_major(pins: dict[str, tuple[str, list[str]]]) -> str | None:
+    """The CUDA major version a resolved torch is built for: its local label (+cu128), else
+    its nvidia-*-cuNN dependencies; None for a CPU build or when nothing tells."""
+    label = pins["torch"][0].partition("+")[2]
+    if label.startswith("cu") and len(label) >= 4:
+        return label[2:4]
+    for name in pins:
+        suffix = CUDA_SUFFIX.search(name)
+        if name.startswith("nvidia-") and suffix:
+            return suffix[1]
+    return None
 
 
 def resolve(stack: Stack, directory: Path = DEFAULT_LOCK_DIR) -> Lock:

@@ -54,10 +54,10 @@ def choose_python(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
     verdict.notes.append(f"{have}, not in stack.yml's {stack.python}: uv installs {verdict.python}")
 
 
-def _missing_kernels(gpus: list[PciGpu], torch_version: str, variant: str) -> list[PciGpu]:
-    """GPUs (of known compute capability) the variant ships no kernels for (none when the
-    table does not know the build: compat.problems reports that)."""
-    offered = compat.table().torch.get(torch_version, {}).get("variants", {})
+def _missing_kernels(gpus: list[PciGpu], stack: Stack, variant: str) -> list[PciGpu]:
+    """GPUs (of known compute capability) the variant's torch ships no kernels for (none when
+    the table does not know the build: compat.problems reports that)."""
+    offered = compat.table().torch.get(stack.torch.version_of(variant), {}).get("variants", {})
     if variant not in offered:
         return []
     arches = list(offered[variant])
@@ -69,12 +69,16 @@ def _missing_kernels(gpus: list[PciGpu], torch_version: str, variant: str) -> li
 def _fitting_variants(gpus: list[PciGpu], stack: Stack, driver: str | None) -> list[str]:
     """CUDA variants torch offers with kernels for every GPU here (and, given a driver, that it
     runs), oldest first."""
-    offered = compat.table().torch.get(stack.torch.version, {}).get("variants", {})
+    table = compat.table()
+    offered = [
+        v
+        for v in table.cuda
+        if v in table.torch.get(stack.torch.version_of(v), {}).get("variants", {})
+    ]
     return [
         v
         for v in offered
-        if v != "cpu"
-        and not _missing_kernels(gpus, stack.torch.version, v)
+        if not _missing_kernels(gpus, stack, v)
         and (driver is None or compat.driver_runs(driver, v))
     ]
 
@@ -97,7 +101,7 @@ def choose_target(facts: HostFacts, stack: Stack, locked: Lock, verdict: Verdict
             verdict.install_driver = True
             driver = str(stack.nvidia.driver_branch)
         usable = compat.variants_for_driver(stack, driver) if driver else []
-        fitting = [v for v in usable if not _missing_kernels(facts.gpus, stack.torch.version, v)]
+        fitting = [v for v in usable if not _missing_kernels(facts.gpus, stack, v)]
         for variant in [*fitting, *(v for v in usable if v not in fitting)]:
             target = locked.target(variant, python)
             if target:
@@ -150,7 +154,7 @@ def _too_old(
     fixes.append(f"set driver branch {floor.major} (nvidia.driver_branch, nvidia.install_driver)")
     found = diagnose.too_old(
         driver,
-        f"torch {stack.torch.version} {variant}",
+        f"torch {stack.torch.version_of(variant)} {variant}",
         compat.cuda_version(variant) or "",
         compat.min_driver_text(variant),
         ", or ".join(fixes),
@@ -169,7 +173,9 @@ def _groups(gpus: list[PciGpu]) -> dict[str, list[PciGpu]]:
 
 def check_torch_build(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
     """The host against the torch build: Python, glibc, and each GPU's compute capability."""
-    version = stack.torch.version
+    target_variant = verdict.target.variant if verdict.target else None
+    variant = target_variant or next((v for v in stack.torch.variants if v != "cpu"), None)
+    version = stack.torch.version_of(variant) if variant else stack.torch.version
     row = compat.table().torch.get(version)
     if row is None:
         return  # compat.problems names the unknown release; `gpurig check` refuses it
@@ -193,13 +199,11 @@ def check_torch_build(facts: HostFacts, stack: Stack, verdict: Verdict) -> None:
         )
     if not facts.gpus:
         return
-    target_variant = verdict.target.variant if verdict.target else None
-    variant = target_variant or next((v for v in stack.torch.variants if v != "cpu"), None)
     if variant in (None, "cpu") or variant not in row["variants"]:
         return
     arches = compat.arches(version, variant)
     driver = str(stack.nvidia.driver_branch) if verdict.install_driver else facts.driver_version
-    for label, gpus in _groups(_missing_kernels(facts.gpus, version, variant)).items():
+    for label, gpus in _groups(_missing_kernels(facts.gpus, stack, variant)).items():
         others = _fitting_variants(facts.gpus, stack, driver)
         if others:
             fix = _choose(others[-1], stack)

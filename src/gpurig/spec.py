@@ -89,21 +89,57 @@ class Torch(Strict):
             raise ValueError(f"must be an exact version like 2.13.0, got {shown(value)}")
         return value
 
+    versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="a variant's own torch release where it differs from `version`, e.g. "
+        "{cu128: 2.10.0}: PyPI's last CUDA 12 build, for hosts on driver 535/550",
+    )
+
     @field_validator("variants")
     @classmethod
     def _variants(cls, values: list[str]) -> list[str]:
         out = []
         for value in values:
-            dotted = CUDA_DOTTED.fullmatch(value)
-            tag = f"cu{dotted[1]}{dotted[2]}" if dotted else value
-            if not VARIANT.fullmatch(tag):
-                raise ValueError(
-                    f"{shown(value)} is not a variant: use cpu, or CUDA as cu130 or 13.0"
-                )
+            tag = _variant_tag(value)
             if tag in out:
                 raise ValueError(f"{shown(value)} is listed twice")
             out.append(tag)
         return out
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, values: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for key, version in values.items():
+            if not PIN.fullmatch(str(version)):
+                raise ValueError(
+                    f"{key}: must be an exact version like 2.10.0, got {shown(version)}"
+                )
+            out[_variant_tag(key)] = str(version)
+        return out
+
+    @model_validator(mode="after")
+    def _versions_name_variants(self) -> Torch:
+        unknown = [v for v in self.versions if v not in self.variants]
+        if unknown:
+            raise ValueError(
+                f"versions: {', '.join(unknown)} is not in torch.variants "
+                f"({', '.join(self.variants)}): list it there too"
+            )
+        return self
+
+    def version_of(self, variant: str) -> str:
+        """The torch release this variant installs."""
+        return self.versions.get(variant, self.version)
+
+
+def _variant_tag(value: str) -> str:
+    """'13.0' or 'cu130' -> 'cu130'; a ValueError names anything else."""
+    dotted = CUDA_DOTTED.fullmatch(value)
+    tag = f"cu{dotted[1]}{dotted[2]}" if dotted else value
+    if not VARIANT.fullmatch(tag):
+        raise ValueError(f"{shown(value)} is not a variant: use cpu, or CUDA as cu130 or 13.0")
+    return tag
 
 
 class Nvidia(Strict):

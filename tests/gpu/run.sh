@@ -92,4 +92,27 @@ for f in r["failures"]:
 EOF
 fi
 grep -E "Elapsed|Maximum resident" "$OUT/smoke.time" 2>/dev/null | tee -a "$SUMMARY"
+
+# The CUDA 12 variant (torch 2.10.0, what 535/550 hosts get) on this GPU, from its own lock
+# target: a venv of lock/cu128-cp3XX.txt (needs an index, or CU12_WHEELS=a folder of its wheels:
+# about 3 GB, too big to carry to an offline machine), then a bf16 matmul on the GPU.
+PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+CU12_LOCK="lock/cu128-cp$PYVER.txt"
+if [ "${RUN_CU12:-1}" = 0 ] || [ ! -f "$CU12_LOCK" ] || ! command -v uv >/dev/null; then
+  echo "cu12 variant: skipped (RUN_CU12=0, no $CU12_LOCK, or no uv)" | tee -a "$SUMMARY"
+else
+  SOURCES=(--index-url https://pypi.org/simple)
+  [ -n "${CU12_WHEELS:-}" ] && SOURCES=(--no-index --find-links "$CU12_WHEELS")
+  step cu12-venv 600 bash -c "uv venv -q -p '$PY' '$OUT/cu12' && uv pip install -q \
+    --python '$OUT/cu12/bin/python' --require-hashes -r '$CU12_LOCK' ${SOURCES[*]}" &&
+    step cu12-torch 120 "$OUT/cu12/bin/python" -c "
+import torch
+assert torch.version.cuda.startswith('12.'), torch.version.cuda
+assert torch.cuda.is_available(), 'CUDA 12 torch cannot use this GPU'
+a = torch.randn(4096, 4096, device='cuda', dtype=torch.bfloat16)
+torch.cuda.synchronize(); print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+      'on', torch.cuda.get_device_name(), 'matmul ok', float((a @ a).float().abs().mean()) > 0)"
+  tail -n 3 "$OUT/cu12-torch.log" 2>/dev/null | tee -a "$SUMMARY"
+  rm -rf "$OUT/cu12"  # gigabytes: not a result
+fi
 echo "results in $OUT"

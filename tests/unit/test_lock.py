@@ -117,3 +117,24 @@ def test_resolve_reproduces_the_committed_lock(tmp_path: Path, stack: spec.Stack
         assert (fresh.directory / target.file).read_text() == (
             REPO / "lock" / target.file
         ).read_text()
+
+
+def test_the_cuda_a_resolved_torch_is_built_for() -> None:
+    def pins(*names: str, torch: str = "2.10.0") -> dict[str, tuple[str, list[str]]]:
+        return {"torch": (torch, []), **{n: ("1", []) for n in names}}
+
+    assert lock._built_cuda_major(pins("nvidia-cublas-cu12", "nvidia-nccl-cu12")) == "12"
+    # PyPI's CUDA 13 wheels are partly unsuffixed (nvidia-cublas): a suffixed one tells.
+    assert lock._built_cuda_major(pins("nvidia-cublas", "nvidia-cudnn-cu13")) == "13"
+    assert lock._built_cuda_major(pins(torch="2.13.0+cu128")) == "12"
+    assert lock._built_cuda_major(pins("numpy", torch="2.13.0+cpu")) is None
+
+
+def test_each_variant_locks_its_own_torch(stack: spec.Stack) -> None:
+    assert stack.torch.version_of("cu128") == "2.10.0"
+    assert lock._requirements_in(stack, "cu128").startswith("torch==2.10.0\n")
+    assert lock._requirements_in(stack, "cu130").startswith(f"torch=={stack.torch.version}\n")
+    locked = lock.load(REPO / "lock")
+    assert locked.targets["cu128-cp311"].torch == "2.10.0"
+    assert any(n.endswith("-cu12") for n in locked.targets["cu128-cp313"].packages)
+    assert not any(n.endswith("-cu12") for n in locked.targets["cu130-cp311"].packages)

@@ -85,7 +85,8 @@ FIXTURES = {
             smi_rc=0,
         ),
     ),
-    "h100-driver-too-old": Fixture(
+    # 535: too old for cu130, runs cu128 (the stack's CUDA 12 variant) as it is.
+    "h100-driver-535": Fixture(
         "debian",
         "12",
         "3.11",
@@ -94,6 +95,30 @@ FIXTURES = {
             modules=["nvidia"],
             module_version="535.261.03",
             packages={"nvidia-kernel-dkms": "535.261.03-1"},
+            smi_rc=0,
+        ),
+    ),
+    # No driver: Debian's own 535 and the CUDA 12 variant, no NVIDIA repository at all.
+    "h100-debian-535": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(),
+        stack={
+            "nvidia": {"driver_branch": 535},
+            "torch": {"variants": ["cu128", "cpu"], "versions": {"cu128": "2.10.0"}},
+        },
+    ),
+    # 470 (CUDA 11.4): runs none of the stack's variants, so the driver is replaced.
+    "h100-driver-too-old": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            driver_version="470.256.02",
+            modules=["nvidia"],
+            module_version="470.256.02",
+            packages={"nvidia-kernel-dkms": "470.256.02-1"},
         ),
     ),
     "offline": Fixture(
@@ -262,5 +287,17 @@ def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
     assert present is not None
     assert not present.install
     assert plans["h100-driver-too-old"].verdict.install_driver
+    debian_535 = plans["h100-debian-535"]
+    assert debian_535.verdict.target is not None
+    assert debian_535.verdict.target.name == "cu128-cp311"
+    assert debian_535.driver is not None
+    assert (debian_535.driver.plan.source, debian_535.driver.plan.branch) == ("debian", 535)
+    assert debian_535.to_json()["driver"]["cuda_keyring_script"] is None  # no NVIDIA repository
+    on_535 = plans["h100-driver-535"]
+    assert not on_535.verdict.install_driver
+    assert on_535.verdict.target is not None
+    assert on_535.verdict.target.name == "cu128-cp311"
+    assert on_535.driver is not None
+    assert not on_535.driver.install
     assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
     assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]

@@ -30,15 +30,20 @@ def make_stack(
     variants: list[str],
     branch: int = 580,
     python: list[str] | None = None,
+    versions: dict[str, str] | None = None,
     **nvidia: object,
 ) -> spec.Stack:
     return spec.Stack.model_validate(
         {
             "python": python or ["3.11", "3.13"],
-            "torch": {"version": "2.13.0", "variants": variants},
+            "torch": {"version": "2.13.0", "variants": variants, "versions": versions or {}},
             "nvidia": {"driver_branch": branch, **nvidia},
         }
     )
+
+
+# The default stack's shape: cu130 for driver 580, PyPI's CUDA 12 torch for 535/550 fleets.
+FLEET = {"variants": ["cu130", "cu128", "cpu"], "versions": {"cu128": "2.10.0"}}
 
 
 def make_lock(stack: spec.Stack) -> Lock:
@@ -97,6 +102,14 @@ CASES = [
                    "cu130 wheel (CUDA 13.0 needs 580.65.06 or newer): torch would fall back to "
                    "the CPU. Fix: choose the cu128 variant (add it to torch.variants), or set "
                    "driver branch 580 (nvidia.driver_branch, nvidia.install_driver)"]),
+    Case("driver-535-gets-the-cuda-12-variant", host(driver_version="535.261.03"),
+         make_stack(**FLEET), "cu128-cp311"),  # type: ignore[arg-type]
+    Case("driver-550-gets-the-cuda-12-variant", host(driver_version="550.163.01"),
+         make_stack(**FLEET), "cu128-cp311"),  # type: ignore[arg-type]
+    Case("driver-580-gets-cu130", host(driver_version="580.95.05"),
+         make_stack(**FLEET), "cu130-cp311"),  # type: ignore[arg-type]
+    Case("driver-470-is-replaced", host(driver_version="470.256.02"),
+         make_stack(**FLEET), "cu130-cp311", install_driver=True),  # type: ignore[arg-type]
     Case("old-driver-runs-the-second-variant", host(driver_version="535.183.01"),
          make_stack(["cu130", "cu126", "cpu"], install_driver=False), "cu126-cp311"),
     Case("volta-prefers-a-variant-with-its-kernels", host([V100], driver_version="580.95.05"),

@@ -27,9 +27,10 @@ def run(args: argparse.Namespace) -> int:
     for variant in stack.torch.variants:
         cuda = compat.cuda_version(variant)
         needs = f"CUDA {cuda}, driver >= {compat.min_driver_text(variant)}" if cuda else "no GPU"
-        arches = compat.arches(stack.torch.version, variant)
+        release = stack.torch.version_of(variant)
+        arches = compat.arches(release, variant)
         cc = f", sm {arches[0]}-{arches[-1]}" if arches else ""
-        table.add_row(f"torch {variant}", f"{stack.torch.version} ({needs}{cc})")
+        table.add_row(f"torch {variant}", f"{release} ({needs}{cc})")
     for name, pin in stack.packages.items():
         table.add_row(name, pin)
     if stack.extra_packages:
