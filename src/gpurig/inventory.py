@@ -31,6 +31,10 @@ _ENTRY = re.compile(
 )
 
 PyinfraHost = tuple[str, dict[str, Any]]
+# pyinfra's own default is accept-new (trust on first use). Every pyinfra run gpurig starts
+# passes this, so an inline inventory (`gpurig preflight user@host`) or any inventory file is
+# held to known_hosts as strictly as the hosts listed here.
+STRICT_HOST_KEYS = ["--data", "ssh_strict_host_key_checking=yes"]
 
 
 @dataclass(frozen=True)
