@@ -74,7 +74,7 @@ def test_the_environment_file_keeps_hostile_values_literal(
     ],
 )
 def test_an_apt_proxy_apt_cannot_quote_is_refused(proxy: str) -> None:
-    with pytest.raises(GpurigError, match="network.proxy"):
+    with pytest.raises(GpurigError, match=r"network\.proxy"):
         system.apt_proxy(proxy)
 
 
@@ -134,8 +134,8 @@ from ansible.plugins.action import ActionBase
 class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        content = %r
-        result["ansible_facts"] = {"gpurig": {"steps": {"system.environment": {"content": content}}}}
+        step = {"content": %r}
+        result["ansible_facts"] = {"gpurig": {"steps": {"system.environment": step}}}
         return result
 """
 
