@@ -48,7 +48,8 @@ def make_wheel(folder: Path, version: str) -> tuple[Path, str]:
     path = folder / name
     with zipfile.ZipFile(path, "w") as archive:
         for member, content in files.items():
-            archive.writestr(member, content)
+            # A fixed date: the same version gives the same wheel (and venv id) every time.
+            archive.writestr(zipfile.ZipInfo(member, date_time=(2020, 1, 1, 0, 0, 0)), content)
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
