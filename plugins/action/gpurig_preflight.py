@@ -79,7 +79,15 @@ class ActionModule(ActionBase):
         except GpurigError as error:
             raise AnsibleActionFail(str(error)) from None
         result["changed"] = False
+        if not plan["ok"]:
+            # A refused host runs no step; its steps (the environment file's proxy
+            # credentials among them) stay out of the failure, which is printed whole.
+            plan = {**plan, "steps": {}, "driver": None}
         result["ansible_facts"] = {"gpurig": plan}
+        # The plan carries file contents that may hold secrets: at -v and above Ansible would
+        # print the whole fact. The next task prints the verdict; the facts are not templated
+        # again (Ansible trusts no template in a plugin's result).
+        result["_ansible_verbose_override"] = True
         if plan["ok"]:
             result["msg"] = f"{plan['target']} (Python {plan['python']})" + "".join(
                 f"; {note}" for note in plan["notes"]

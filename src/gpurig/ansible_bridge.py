@@ -21,7 +21,7 @@ from typing import Any
 from pyinfra.facts.apt import AptSources
 from rich.console import Console
 
-from gpurig import diagnose, lock, report
+from gpurig import atomic, diagnose, lock, report
 from gpurig.controller import Controller
 from gpurig.diagnose import Context
 from gpurig.errors import GpurigError
@@ -172,8 +172,7 @@ def fleet_summary(
             status = "failed"
         hosts[host] = {"status": status, "changed": []}
     run = {"started": started, "finished": time.time(), "hosts": hosts}
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / report.RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    atomic.write_text(reports_dir / report.RUN_FILE, json.dumps(run, indent=2) + "\n")
     out = io.StringIO()
     console = Console(file=out, width=140, color_system=None, highlight=False)
     ok = report.print_summary(report.load_run(reports_dir), console)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from gpurig import overrides
+from gpurig import atomic, overrides
 from gpurig.spec import Stack
 
 HEADER = (
@@ -273,8 +273,6 @@ def write(files: Mapping[str, str], root: Path) -> list[str]:
     """Write the files that differ; returns those written."""
     written = []
     for relative in drifted(files, root):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(files[relative])
+        atomic.write_text(root / relative, files[relative])
         written.append(relative)
     return written

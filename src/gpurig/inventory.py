@@ -23,14 +23,20 @@ KNOWN_HOSTS_VAR = "GPURIG_KNOWN_HOSTS"
 HOSTS_GROUP = "hosts"
 NO_HOSTS = "no hosts: set GPURIG_HOSTS=user@host[:port],... or run `gpurig sandbox up`"
 _FORMAT = "expected user@host[:port] (IPv6 as user@[addr]:port)"
+# User and host names in their own character sets: these land in Ansible inventory variables
+# and on ssh command lines, so nothing there may read as a template or a shell word.
 _ENTRY = re.compile(
-    r"""^(?P<user>[^@\s:/]+)@
-    (?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^@\s:/\[\]]+))
+    r"""^(?P<user>[A-Za-z0-9_][A-Za-z0-9_.-]*)@
+    (?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*))
     (?::(?P<port>[^:]*))?$""",
     re.VERBOSE,
 )
 
 PyinfraHost = tuple[str, dict[str, Any]]
+# pyinfra's own default is accept-new (trust on first use). Every pyinfra run gpurig starts
+# passes this, so an inline inventory (`gpurig preflight user@host`) or any inventory file is
+# held to known_hosts as strictly as the hosts listed here.
+STRICT_HOST_KEYS = ["--data", "ssh_strict_host_key_checking=yes"]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpurig import __version__, compat
+from gpurig import __version__, atomic, compat
 from gpurig.errors import GpurigError, UsageError
 from gpurig.spec import Stack
 
@@ -277,14 +277,7 @@ def resolve(stack: Stack, directory: Path = DEFAULT_LOCK_DIR) -> Lock:
         staging.chmod(0o755)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         # Swap in the new lock whole: readers never see half of one.
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
+        atomic.replace_dir(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load(directory)

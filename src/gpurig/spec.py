@@ -172,7 +172,8 @@ class Network(Strict):
     proxy: ProxyUrl | None = Field(
         None,
         description="HTTP(S) proxy URL hosts use; credentials in it (`user:pass@`) are masked "
-        "in messages",
+        f"in messages and kept to {hostlayout.ENV_FILE} (0640, root and the service user) and "
+        "apt's proxy file (0600), off every command line and out of Ansible's output",
     )
     no_proxy: list[NoProxyHost] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1"], description="hosts the proxy skips"

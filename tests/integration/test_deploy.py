@@ -258,8 +258,11 @@ def test_interrupted_venv_install_converges(
         bookworm.ssh(host, f"sudo -n kill -9 {pid}")
     assert ssh_ok(bookworm, host, f"readlink {LINK}").strip() == old
     ssh_ok(bookworm, host, f"{LINK}/bin/python -c 'import torch, transformers, bloomkit'")
-    new_dirs = ssh_ok(bookworm, host, "ls -d /opt/gpurig/venvs/*/").split()
-    (cut_off,) = [d.rstrip("/") for d in new_dirs if d.rstrip("/") != old]
+    # The cut-off build is beside the venvs, hidden, without a marker: never a venv to use.
+    venvs = ssh_ok(bookworm, host, "ls -d /opt/gpurig/venvs/*/").split()
+    assert [d.rstrip("/") for d in venvs] == [old]
+    cut_off = "/opt/gpurig/venvs/.gpurig-build"
+    ssh_ok(bookworm, host, f"test -d {cut_off}")
     assert bookworm.ssh(host, f"test -e {cut_off}/gpurig-venv.json")[0] != 0  # incomplete
 
     rerun = gpurig_deploy(
@@ -273,6 +276,7 @@ def test_interrupted_venv_install_converges(
     ssh_ok(bookworm, host, f"{LINK}/bin/python -c 'import torch, transformers, bloomkit'")
     remaining = ssh_ok(bookworm, host, "ls -d /opt/gpurig/venvs/*/").split()
     assert sorted(d.rstrip("/") for d in remaining) == sorted([old, live])
+    assert bookworm.ssh(host, f"test -e {cut_off}")[0] != 0  # the rebuild started afresh
 
 
 def test_offline_install_from_the_wheelhouse(

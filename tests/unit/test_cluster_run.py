@@ -4,7 +4,11 @@ hang, drop their connection or cannot be reached. Nothing may wait longer than i
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,3 +287,39 @@ def test_the_launch_runs_as_the_specs_service_user(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("GPURIG_STACK", "/nonexistent/stack.yml")
     with pytest.raises(GpurigError, match="or pass --user"):
         command.service_user()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root")
+def test_report_collection_reads_as_the_service_user_and_skips_links() -> None:
+    """The exact command run() sends (collect_command), run here as root with `nobody` as
+    the service user: a link planted at a report path towards a root-only file is not read."""
+    with tempfile.TemporaryDirectory() as folder:  # in /tmp: pytest's own is root's alone
+        tmp_path = Path(folder)
+        tmp_path.chmod(0o755)  # nobody may enter, as the service user may its own folder
+        _collect_as_nobody(tmp_path)
+
+
+def _collect_as_nobody(tmp_path: Path) -> None:
+    secret = tmp_path / "root-only"
+    secret.write_text('{"shadow": "root:$y$secret"}\n')
+    secret.chmod(0o600)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "0.json").write_text('{"rank": 0}\n')
+    (reports / "1.json").symlink_to(secret)
+    (reports / "2.json").symlink_to("/etc/shadow")
+    command = launcher.collect_command(str(reports), "nobody", sudo="")
+    assert command.startswith("runuser -u nobody -- sh -c ")
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert launcher.split_files(done.stdout) == {"0.json": '{"rank": 0}\n\n'}
+    assert "secret" not in done.stdout + done.stderr
+    # Even a link the check misses (swapped in afterwards) is read with nobody's rights only.
+    reader = launcher.collect_command(str(reports), "nobody", sudo="").replace(
+        '[ -f "$f" ] && [ ! -L "$f" ] || continue; ', ""
+    )
+    done = subprocess.run(["sh", "-c", reader], capture_output=True, text=True, timeout=30)
+    assert "secret" not in done.stdout
+    assert "Permission denied" in done.stderr

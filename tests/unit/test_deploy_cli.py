@@ -12,6 +12,7 @@ import pytest
 
 from gpurig import report
 from gpurig.commands import deploy
+from gpurig.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +29,18 @@ def test_pyinfra_command() -> None:
     )
     assert command[1:] == [
         "-y", "inventory.py", "deploy/gpu.py", "--limit", "gpu",
-        "--data", "gpurig_skip_smoke=true", "--serial", "-v",
+        "--data", "gpurig_skip_smoke=true",
+        "--data", "ssh_strict_host_key_checking=yes", "--serial", "-v",
     ]  # fmt: skip
     assert command[0].endswith("pyinfra")
+
+
+def test_host_keys_stay_strict_whatever_the_inventory() -> None:
+    command = deploy.pyinfra_command(parse("--inventory", "other.py"))
+    at = command.index("ssh_strict_host_key_checking=yes")
+    assert command[at - 1] == "--data"
+    with pytest.raises(UsageError, match="strictly"):
+        deploy.pyinfra_command(parse("--", "--data", "ssh_strict_host_key_checking=accept-new"))
 
 
 def test_environment_points_the_run_at_files_and_silences_its_summary(tmp_path: Path) -> None:

@@ -408,3 +408,44 @@ def test_failure_lines_name_the_cause() -> None:
         "torch is 2.13.0+cu130 (CUDA 13.0), the lock wants 2.13.0+cpu (CUDA none)"
     ]
     assert build.failure_lines(PLAIN_PROGRESS.splitlines()) == []
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+@pytest.mark.parametrize("user", ["10001:10001", "gpurig", ""])
+def test_the_smoke_output_folder_is_never_world_writable(
+    monkeypatch: pytest.MonkeyPatch, euid: int, user: str
+) -> None:
+    monkeypatch.setattr(smoke.os, "geteuid", lambda: euid)
+    chowned: list[tuple[int, int]] = []
+    monkeypatch.setattr(smoke.os, "chown", lambda path, uid, gid: chowned.append((uid, gid)))
+    out, group_add = smoke.output_folder({"Config": {"User": user}})
+    try:
+        mode = out.stat().st_mode & 0o777
+        assert not mode & 0o007, oct(mode)
+        if euid == 0 and user == "10001:10001":
+            assert chowned == [(10001, 10001)]
+            assert group_add is None
+        else:  # the container's user writes through the caller's group
+            assert mode == 0o770
+            assert group_add == [str(os.getgid())]
+    finally:
+        out.rmdir()
+
+
+def test_proxy_credentials_reach_docker_build_through_its_environment_only(
+    tmp_path: Path,
+) -> None:
+    stack = spec.parse((REPO / "stack.yml").read_text())
+    proxied = stack.model_copy(
+        update={"network": stack.network.model_copy(update={"proxy": "http://u:SECRET@p:3128"})}
+    )
+    proxy = build.proxy_args(proxied)
+    assert proxy["HTTPS_PROXY"] == "http://u:SECRET@p:3128"
+    argv, env = build.build_command(
+        "docker", tmp_path / "iid", tmp_path, {"BASE_IMAGE": "debian:12"}, proxy
+    )
+    assert not [arg for arg in argv if "SECRET" in arg]
+    assert argv[argv.index("HTTPS_PROXY") - 1] == "--build-arg"
+    assert "BASE_IMAGE=debian:12" in argv
+    assert env == proxy
+    assert build.proxy_args(stack) == {}

@@ -90,6 +90,9 @@ def test_good_hosts_parse(value: str, expected: list[HostSpec]) -> None:
         ("debian@gpu1:65536", "port must be 1-65535"),
         ("debian@gpu1:ssh", "port must be 1-65535"),
         ("debian@gpu1,root@gpu1:22", "lists gpu1 more than once"),
+        ("{{ 7 * 7 }}@gpu1", "expected user@host[:port]"),
+        ("debian@$(id)", "expected user@host[:port]"),
+        ("debian@-oProxyCommand=id", "expected user@host[:port]"),
     ],
 )
 def test_bad_hosts_name_the_entry_and_the_fix(value: str, message: str) -> None:

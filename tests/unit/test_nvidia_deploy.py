@@ -8,6 +8,10 @@ is checked by running the operations' generators again with the state the instal
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -578,3 +582,48 @@ def test_logged_commands_keep_the_full_log_on_the_host() -> None:
 
 def test_the_test_deploy_file_exists() -> None:
     assert (Path(__file__).parents[1] / "integration/deploys/nvidia_stage.py").exists()
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg")
+def test_the_keyring_check_sees_every_primary_key_in_every_key_file(tmp_path: Path) -> None:
+    """The check the CUDA keyring script runs, on real keys: a subkey is its primary key's,
+    a second key anywhere in the package (another file, another folder, armored) is seen."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str) -> str:
+        done = subprocess.run(
+            ["gpg", "--batch", "--passphrase", "", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return done.stdout
+
+    def fingerprint(uid: str) -> str:
+        out = gpg("--with-colons", "--list-keys", uid)
+        return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
+
+    gpg("--quick-gen-key", "nvidia <n@example.com>", "ed25519", "default", "never")
+    nvidia = fingerprint("n@example.com")
+    gpg("--quick-add-key", nvidia, "cv25519", "encr", "never")  # a subkey of the same key
+    package = tmp_path / "x"
+    (package / "usr/share/keyrings").mkdir(parents=True)
+    keyring = package / "usr/share/keyrings/cuda-archive-keyring.gpg"
+    keyring.write_bytes(subprocess.run(
+        ["gpg", "--export", nvidia], env=env, capture_output=True, check=True
+    ).stdout)  # fmt: skip
+    check = driver_plan.key_fingerprints(shlex.quote(str(package)))
+    seen = subprocess.run(["sh", "-c", check], capture_output=True, text=True, timeout=60)
+    assert seen.stdout.split() == [nvidia]  # one key: its subkey is not another signer
+
+    gpg("--quick-gen-key", "other <o@example.com>", "ed25519", "default", "never")
+    other = fingerprint("o@example.com")
+    hidden = package / "etc/apt/trusted.gpg.d"
+    hidden.mkdir(parents=True)
+    (hidden / "extra.asc").write_text(gpg("--armor", "--export", other))
+    seen = subprocess.run(["sh", "-c", check], capture_output=True, text=True, timeout=60)
+    assert seen.stdout.split() == sorted([nvidia, other])  # the script then refuses

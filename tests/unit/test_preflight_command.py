@@ -87,3 +87,24 @@ def test_the_facts_only_deploy_runs_the_deploys_own_preflight() -> None:
     text = command.DEPLOY_FILE.read_text()
     assert "from gpurig.deploys.preflight import preflight" in text
     assert "preflight()" in text
+
+
+def test_an_inline_inventory_is_held_to_known_hosts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # pyinfra trusts a new host key on first use unless told otherwise: every run is told.
+    ran: list[list[str]] = []
+
+    class Done:
+        stdout = stderr = ""
+
+    def fake_run(argv: list[str], **_: Any) -> Done:
+        ran.append(argv)
+        return Done()
+
+    monkeypatch.setattr(command.subprocess, "run", fake_run)
+    command.gather("ubuntu@gpu-1,ubuntu@gpu-2", tmp_path / "stack.yml", tmp_path, None)
+    argv = ran[0]
+    assert "ubuntu@gpu-1,ubuntu@gpu-2" in argv
+    at = argv.index("ssh_strict_host_key_checking=yes")
+    assert argv[at - 1] == "--data"

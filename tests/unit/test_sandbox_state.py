@@ -103,3 +103,13 @@ def test_remove_files_keeps_what_is_not_ours(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     state.remove_files()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["{{ lookup('pipe', 'id') }}", "with space", "$(id)", "it's"])
+def test_a_state_dir_that_could_template_or_split_is_refused(tmp_path: Path, name: str) -> None:
+    state = StateDir(tmp_path / name)
+    with pytest.raises(GpurigError, match="without spaces, quotes"):
+        state.save_hosts(two_hosts())
+    assert not state.hosts_file.exists()
+    with pytest.raises(GpurigError, match="without spaces, quotes"):
+        state.ensure_key()  # `sandbox up` asks for it before any host starts

@@ -10,8 +10,10 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +29,12 @@ pytestmark = pytest.mark.skipif(not Path(UV).exists(), reason="needs the .venv's
 
 
 def make_wheel(folder: Path, version: str) -> tuple[Path, str]:
-    """A minimal pure wheel: module demo_pkg with VERSION."""
+    """A minimal pure wheel: module demo_pkg with VERSION, and a `demo` command printing it."""
     name = f"demo_pkg-{version}-py3-none-any.whl"
     info = f"demo_pkg-{version}.dist-info"
     files = {
-        "demo_pkg/__init__.py": f"VERSION = {version!r}\n",
+        "demo_pkg/__init__.py": f"VERSION = {version!r}\n\ndef main():\n    print(VERSION)\n",
+        f"{info}/entry_points.txt": "[console_scripts]\ndemo = demo_pkg:main\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: demo-pkg\nVersion: {version}\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
@@ -45,7 +48,8 @@ def make_wheel(folder: Path, version: str) -> tuple[Path, str]:
     path = folder / name
     with zipfile.ZipFile(path, "w") as archive:
         for member, content in files.items():
-            archive.writestr(member, content)
+            # A fixed date: the same version gives the same wheel (and venv id) every time.
+            archive.writestr(zipfile.ZipInfo(member, date_time=(2020, 1, 1, 0, 0, 0)), content)
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -192,3 +196,62 @@ def test_a_directory_at_the_live_path_is_kept_for_rollback(tmp_path: Path) -> No
     assert os.readlink(plan.link) == plan.venv_dir
     kept = [p for p in Path(plan.venvs_dir).iterdir() if p.name.startswith("replaced-")]
     assert [(p / "mine").read_text() for p in kept] == ["someone's venv"]
+
+
+def break_marker(plan: Plan) -> None:
+    """The live venv's marker differs from the plan's (or is missing): it must be rebuilt."""
+    (Path(plan.venv_dir) / MARKER).write_text('{"venv_id": "something else"}\n')
+
+
+def test_a_live_venv_whose_marker_differs_stays_live_when_its_rebuild_fails(
+    tmp_path: Path,
+) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    assert run(plan.script).returncode == 0
+    break_marker(plan)
+    for wheel in (tmp_path / "wheels").iterdir():
+        wheel.unlink()  # the rebuild's install fails: its wheel is gone
+    out = run(plan.script)
+    assert out.returncode != 0
+    assert os.readlink(plan.link) == plan.venv_dir
+    assert live_version(tmp_path) == "1.0"  # the live venv was not removed first
+    assert (Path(plan.venv_dir) / MARKER).read_text().startswith('{"venv_id": "something')
+
+
+def test_a_live_venv_whose_marker_differs_survives_a_killed_rebuild(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "1.0")
+    assert run(plan.script).returncode == 0
+    break_marker(plan)
+    started = tmp_path / "check-started"
+    slow = plan_for(
+        tmp_path,
+        "1.0",
+        check=f"open({str(started)!r}, 'w').close(); import time; time.sleep(60)",
+    )
+    assert slow.venv_dir == plan.venv_dir  # the same venv, rebuilt
+    build = subprocess.Popen(
+        ["sh", "-c", slow.script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():  # the install is done; the import check is running
+            assert build.poll() is None, "the rebuild ended before it was interrupted"
+            assert time.monotonic() < deadline, "the rebuild never reached its import check"
+            time.sleep(0.1)
+        assert live_version(tmp_path) == "1.0"  # still live while the rebuild runs
+    finally:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait(timeout=30)
+    assert os.readlink(plan.link) == plan.venv_dir
+    assert live_version(tmp_path) == "1.0"
+    out = run(plan.script)  # the next run rebuilds it and converges
+    assert out.returncode == 0, out.stderr
+    assert (Path(plan.venv_dir) / MARKER).read_text().strip() == plan.marker
+    assert not (Path(plan.venvs_dir) / ".gpurig-build").exists()
+    command = subprocess.run(
+        [str(Path(plan.link) / "bin" / "demo")], capture_output=True, text=True, check=True
+    )
+    assert command.stdout.strip() == "1.0"  # a renamed build's commands still run

@@ -62,6 +62,16 @@ def launch_command(
     return f"{sudo}sh -c {shlex.quote(' && '.join(steps))} 2>&1"
 
 
+def collect_command(reports: str, user: str, sudo: str) -> str:
+    """The run's JSON reports, each after a FILE_MARK line. Read as the service user, who owns
+    the folder and could leave a link there to a file only root may read; links are skipped."""
+    script = (
+        f"cd {shlex.quote(reports)} 2>/dev/null || exit 0; for f in *.json; do "
+        f'[ -f "$f" ] && [ ! -L "$f" ] || continue; echo "{FILE_MARK}$f"; cat -- "$f"; echo; done'
+    )
+    return f"{sudo}runuser -u {shlex.quote(user)} -- sh -c {shlex.quote(script)}"
+
+
 def _pid(output: str) -> int | None:
     for line in output.splitlines()[:5]:
         if line.startswith(PID_LINE) and line[len(PID_LINE) :].strip().isdigit():

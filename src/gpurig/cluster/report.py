@@ -4,12 +4,15 @@ the controller's), the reports saved to reports/cluster/<group>/, and the printe
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from gpurig import atomic
 from gpurig.cluster.model import Cluster
 from gpurig.cluster.run import RunOutcome
 
@@ -64,16 +67,20 @@ def _is_json(text: str) -> bool:
 
 
 def save(directory: Path, outcome: RunOutcome, record: dict[str, Any]) -> None:
-    """reports/cluster/<group>/: <rank>.json, fleet.json, <node>.log, cluster.json."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("*"):
-        if old.is_file():
-            old.unlink()
-    for node in outcome.nodes:
-        (directory / f"{node.name}.log").write_text(node.output)
-        for name, text in node.files.items():
-            (directory / Path(name).name).write_text(text)
-    (directory / "cluster.json").write_text(json.dumps(record, indent=2) + "\n")
+    """reports/cluster/<group>/: <rank>.json, fleet.json, <node>.log, cluster.json, written
+    beside the previous run's folder and swapped in whole."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for node in outcome.nodes:
+            (staging / f"{node.name}.log").write_text(node.output)
+            for name, text in node.files.items():
+                (staging / Path(name).name).write_text(text)
+        (staging / "cluster.json").write_text(json.dumps(record, indent=2) + "\n")
+        staging.chmod(0o755)
+        atomic.replace_dir(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def rank_reports(outcome: RunOutcome) -> dict[int, Any]:

@@ -15,7 +15,14 @@ import paramiko
 
 from gpurig.cluster import launch
 from gpurig.cluster.files import parse_env
-from gpurig.cluster.launch import FILE_MARK, KILL_TREE, _pid, _sudo, launch_command, split_files
+from gpurig.cluster.launch import (
+    KILL_TREE,
+    _pid,
+    _sudo,
+    collect_command,
+    launch_command,
+    split_files,
+)
 from gpurig.cluster.model import Cluster
 from gpurig.cluster.transport import CONNECT_TIMEOUT_S, Remote, Running
 from gpurig.errors import GpurigError
@@ -253,15 +260,9 @@ def run_on_cluster(
         def fetch(remote: Remote) -> dict[str, str]:
             if by_name[remote.name].status in ("lost", "unreachable"):
                 return {}
-            script = (
-                f"cd {shlex.quote(reports)} 2>/dev/null || exit 0; for f in *.json; do "
-                f'[ -f "$f" ] || continue; echo "{FILE_MARK}$f"; cat "$f"; echo; done'
-            )
-            sudo = _sudo(users.get(remote.name))
+            command = collect_command(reports, user, _sudo(users.get(remote.name)))
             try:
-                code, text = remote.run(
-                    f"{sudo}sh -c {shlex.quote(script)}", timeout=CONNECT_TIMEOUT_S * 3
-                )
+                code, text = remote.run(command, timeout=CONNECT_TIMEOUT_S * 3)
             except (OSError, paramiko.SSHException, GpurigError):
                 return {}
             return split_files(text) if code == 0 else {}

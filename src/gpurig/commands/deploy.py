@@ -17,6 +17,7 @@ from pathlib import Path
 from gpurig import report
 from gpurig.deploys import ENV_LOCK, ENV_REPORTS, ENV_STACK, ENV_SUMMARY, reports_dir
 from gpurig.errors import UsageError
+from gpurig.inventory import STRICT_HOST_KEYS
 
 DEPLOY_FILE = Path("deploy/gpu.py")
 INVENTORY = Path("inventory.py")
@@ -53,7 +54,10 @@ def pyinfra_command(args: argparse.Namespace) -> list[str]:
     if args.skip_smoke:
         command += ["--data", "gpurig_skip_smoke=true"]
     extra = list(args.pyinfra_args or [])
-    return command + (extra[1:] if extra[:1] == ["--"] else extra)
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    if any("strict_host_key" in arg for arg in extra):
+        raise UsageError("host keys are always checked strictly: add the host to known_hosts")
+    return command + STRICT_HOST_KEYS + extra
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:

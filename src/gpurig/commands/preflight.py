@@ -25,6 +25,7 @@ from rich.markup import escape
 
 from gpurig import lock, spec
 from gpurig.errors import GpurigError, UsageError
+from gpurig.inventory import STRICT_HOST_KEYS
 from gpurig.model.host import HostFacts
 from gpurig.preflight import Verdict
 
@@ -97,6 +98,7 @@ def gather(
         }
         # --dry: nothing runs; -y: an unreachable host must not stop the others at a prompt.
         argv = [sys.executable, "-m", "pyinfra", inventory, str(DEPLOY_FILE), "--dry", "-y"]
+        argv += STRICT_HOST_KEYS
         for name in limit or []:
             argv += ["--limit", name]
         try:

@@ -24,7 +24,7 @@ from pyinfra.api.deploy import deploy
 from pyinfra.api.state import BaseStateCallback, State
 from pyinfra.context import ctx_state, host
 
-from gpurig import report
+from gpurig import atomic, report
 from gpurig.deploys import ENV_SUMMARY, SPEC_DEFAULTS, host_plan, reports_dir
 from gpurig.operations.control import FAILURES, record_failure
 from gpurig.operations.smoke import smoke
@@ -113,7 +113,7 @@ def finish() -> None:
         "hosts": hosts,
     }
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / report.RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    atomic.write_text(directory / report.RUN_FILE, json.dumps(run, indent=2) + "\n")
     if os.environ.get(ENV_SUMMARY, "1") != "0":
         print(flush=True)
         report.print_summary(report.load_run(directory))

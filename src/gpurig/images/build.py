@@ -319,6 +319,32 @@ def failure_lines(lines: list[str], count: int = 3) -> list[str]:
     return [m[1] for ln in lines if (m := prefix.match(ln))][-count:]
 
 
+def proxy_args(stack: Stack) -> dict[str, str]:
+    """Docker's predefined proxy build arguments, for builds behind network.proxy."""
+    if not stack.network.proxy:
+        return {}
+    proxy, no_proxy = stack.network.proxy, ",".join(stack.network.no_proxy)
+    return {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": no_proxy}
+
+
+def build_command(
+    cli: str, iidfile: Path, directory: Path, args: dict[str, str], proxy: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The docker build command line, and what its environment must add.
+
+    The proxy URL may hold credentials: `--build-arg NAME` with no value makes docker read it
+    from its own environment, so it is on no command line (and Docker keeps its predefined
+    proxy arguments out of the image's history).
+    """
+    command = [cli, "build", "--network", "host", "--progress", "plain"]
+    command += ["--iidfile", str(iidfile), "--file", str(directory / "Dockerfile")]
+    for key, value in args.items():
+        command += ["--build-arg", f"{key}={value}"]
+    for key in proxy:
+        command += ["--build-arg", key]
+    return [*command, str(directory)], dict(proxy)
+
+
 def build(
     stack: Stack,
     locked: Lock,
@@ -350,19 +376,11 @@ def build(
         "IMAGE_VERSION": tags[0].rpartition(":")[2],
         "REVISION": _revision(),
     }
-    if stack.network.proxy:
-        no_proxy = ",".join(stack.network.no_proxy)
-        args |= {"HTTP_PROXY": stack.network.proxy, "HTTPS_PROXY": stack.network.proxy,
-                 "NO_PROXY": no_proxy}  # fmt: skip
     iidfile = directory.parent / f".{target.name}.iid"
     iidfile.unlink(missing_ok=True)
-    command = [cli, "build", "--network", "host", "--progress", "plain"]
-    command += ["--iidfile", str(iidfile), "--file", str(directory / "Dockerfile")]
-    for key, value in args.items():
-        command += ["--build-arg", f"{key}={value}"]
-    command.append(str(directory))
+    command, secret_env = build_command(cli, iidfile, directory, args, proxy_args(stack))
+    env = {**os.environ, **docker_env(), "DOCKER_BUILDKIT": "1", **secret_env}
     echo(f"building {tags[0]} ({target.name}, base {base}, Python from {source}) with {cli}")
-    env = {**os.environ, **docker_env(), "DOCKER_BUILDKIT": "1"}
     began = time.monotonic()
     lines: list[str] = []
     with subprocess.Popen(

@@ -129,6 +129,19 @@ def _owner(attrs: dict[str, Any]) -> tuple[int, int] | None:
     return uid, int(match[2] or uid)
 
 
+def output_folder(attrs: dict[str, Any]) -> tuple[Path, list[str] | None]:
+    """A fresh folder the image's user can write its report into, and no one else: root gives
+    it to that user; anyone else keeps it, 0770, and lends the container their group
+    (the groups to add to the container's user)."""
+    out = Path(tempfile.mkdtemp(prefix="gpurig-image-smoke-"))  # 0700
+    owner = _owner(attrs)
+    if owner and os.geteuid() == 0:
+        os.chown(out, *owner)
+        return out, None
+    out.chmod(0o770)
+    return out, [str(os.getgid())]
+
+
 def smoke_argv(stack: Stack, require_gpu: bool, json_path: str) -> list[str]:
     argv = ["smoke", "--json", json_path, "--model", stack.smoke.model]
     if stack.smoke.quick:
@@ -152,13 +165,8 @@ def run_smoke(
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     attrs = _get(client, image).attrs
     name = image
-    out = Path(tempfile.mkdtemp(prefix="gpurig-image-smoke-"))
+    out, group_add = output_folder(attrs)
     try:
-        owner = _owner(attrs)
-        if owner and os.geteuid() == 0:
-            os.chown(out, *owner)
-        else:
-            out.chmod(0o777)  # the container's user is not ours to chown to
         volumes = {str(out): {"bind": OUT_MOUNT, "mode": "rw"}}
         if hf_home:
             env = attrs["Config"].get("Env") or []
@@ -174,6 +182,7 @@ def run_smoke(
             network_mode="none",
             volumes=volumes,
             device_requests=requests,
+            group_add=group_add,
             detach=True,
             labels={"io.gpurig.smoke": "1"},
         )

@@ -31,7 +31,19 @@ def run_smoke(
     directory = Path(reports_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{host.name}.", suffix=".fetch") as f:
-        fetched = status and code is not None and host.get_file(step.report, f.name, _sudo=True)
+        # As the service user, who owns the report's folder and could leave a link there to
+        # a file only root may read: root never follows a path the service user controls.
+        fetched = (
+            status
+            and code is not None
+            and host.get_file(
+                step.report,
+                f.name,
+                remote_temp_filename=host.get_temp_filename(),  # a fresh name, not a guessable one
+                _sudo=True,
+                _sudo_user=step.user,
+            )
+        )
         try:
             data = json.loads(Path(f.name).read_text()) if fetched else None
         except ValueError:

@@ -262,6 +262,15 @@ def nonfree_list(sources: Iterable[Mapping[str, Any]], codename: str) -> str | N
     return content + "\n".join(dict.fromkeys(entries)) + "\n"
 
 
+def key_fingerprints(folder: str) -> str:
+    """sh: the primary-key fingerprints of every key file anywhere under folder, one a line,
+    sorted (a subkey belongs to its primary key; a second primary key is another signer)."""
+    keys = f"find {folder} -type f \\( -name '*.gpg' -o -name '*.asc' \\)"
+    show = "-exec gpg --show-keys --with-colons {} + 2>/dev/null"
+    primaries = "awk -F: '/^pub/ {p=1; next} /^sub/ {p=0} /^fpr/ && p {print $10; p=0}'"
+    return f"{keys} {show} | {primaries} | sort -u"
+
+
 def cuda_keyring_script(plan: DriverPlan) -> str:
     """NVIDIA's CUDA repository through its cuda-keyring package, installed only when every key
     inside is NVIDIA's (the fingerprint pinned here)."""
@@ -273,7 +282,7 @@ command -v curl >/dev/null && command -v gpg >/dev/null || {{ apt_get update; ap
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 curl -fsSL --retry 3 -o "$tmp/keyring.deb" {shlex.quote(url)}
 dpkg-deb -x "$tmp/keyring.deb" "$tmp/x"
-fprs=$(gpg --show-keys --with-colons "$tmp"/x/usr/share/keyrings/*.gpg 2>/dev/null | awk -F: '/^fpr/ {{print $10}}' | sort -u)
+fprs=$({key_fingerprints('"$tmp/x"')})
 if [ "$fprs" != {CUDA_KEY_FINGERPRINT} ]; then echo "gpurig: cuda-keyring key $(echo $fprs | tr ' ' ,), expected {CUDA_KEY_FINGERPRINT}"; exit 1; fi
 dpkg -i "$tmp/keyring.deb"
 """  # noqa: E501

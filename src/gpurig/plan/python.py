@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from gpurig.hostlayout import ENV_FILE, PROFILE_SCRIPT, PYTHON_DIR, UV_BIN
 from gpurig.plan.steps import File, Step, UvPython
 from gpurig.spec import Stack
@@ -10,17 +12,23 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def profile_script(stack: Stack) -> str:
-    """Login shells (the service user's included) run `python` and `bloomkit` from the venv."""
-    bin_dir = f"{stack.host.venv}/bin"
+    """Login shells (the service user's included) run `python` and `bloomkit` from the venv.
+
+    Every login shell, root's included, sources this: each value is shell-quoted, whatever
+    the schema already refused. The environment file may hold the proxy's credentials: it is
+    readable by root and the service user only, so other users' shells skip it.
+    """
+    bin_dir = shlex.quote(f"{stack.host.venv}/bin")
+    env_file = shlex.quote(ENV_FILE)
     return f"""# Written by gpurig: the gpurig venv first on PATH, and gpurig's environment.
-if [ -r {ENV_FILE} ]; then
+if [ -r {env_file} ]; then
   set -a
-  . {ENV_FILE}
+  . {env_file}
   set +a
 fi
 case ":$PATH:" in
-  *":{bin_dir}:"*) ;;
-  *) PATH="{bin_dir}:$PATH" ;;
+  *:{bin_dir}:*) ;;
+  *) PATH={bin_dir}":$PATH" ;;
 esac
 export PATH
 unset PYTHONPATH

@@ -6,6 +6,7 @@ import re
 import shlex
 from pathlib import PurePosixPath
 
+from gpurig.errors import GpurigError
 from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
 from gpurig.spec import Stack
@@ -45,10 +46,13 @@ def environment_file(stack: Stack) -> str:
 
 
 def apt_proxy(proxy: str) -> str:
-    quoted = proxy.replace('"', "")
+    """apt.conf has no escapes: a value that could end its string or its line is refused here
+    too, whatever the schema already refused."""
+    if any(c in proxy for c in '"{};\\') or not proxy.isprintable():
+        raise GpurigError("network.proxy holds a character apt.conf cannot quote")
     return (
         "// Written by gpurig (network.proxy in stack.yml).\n"
-        f'Acquire::http::Proxy "{quoted}";\nAcquire::https::Proxy "{quoted}";\n'
+        f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
     )
 
 
@@ -83,9 +87,13 @@ def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
             )
         )
     if stack.network.proxy:
+        # It may hold the proxy's credentials, and only apt (as root) reads it; apt skips
+        # configuration files it cannot read, so other users' apt commands still work.
         proxy = apt_proxy(stack.network.proxy)
         out.append(
-            File.text("system.apt_proxy", "Send apt through the proxy", APT_PROXY_FILE, proxy)
+            File.text(
+                "system.apt_proxy", "Send apt through the proxy", APT_PROXY_FILE, proxy, mode="0600"
+            )
         )
     else:
         out.append(File.absent("system.apt_proxy", "No apt proxy", APT_PROXY_FILE))

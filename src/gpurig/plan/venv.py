@@ -1,11 +1,13 @@
 """The LLM environment's plan: the wheels to push, the requirements, and the venv's build script.
 
 Layout (docs/host-end-state.md): venvs live in <venvs_dir>/<venv_id>; the live path is a
-symlink to one of them. A build goes into its own folder; its marker (gpurig-venv.json) is
-written last, after the install and an import check passed, so a folder without the marker is
-an interrupted build and is rebuilt. The live link moves only to a complete venv, with a
+symlink to one of them. A build goes into a hidden folder beside them; its marker
+(gpurig-venv.json) is written last, after the install and an import check passed, and only
+then is the build renamed to its venv_id, so a venv without the marker is never live unless
+someone broke it, and is rebuilt. The live link moves only to a complete venv, with a
 temporary link and `mv -T` (rename(2)): a failed or interrupted install never touches the venv
-in use. The previous venv stays for rollback; older ones are removed.
+in use, even when the venv to rebuild is the live one (its marker missing or different). The
+previous venv stays for rollback; older ones are removed.
 
 The script decides everything on the host, under a lock, so every front end runs the same
 text: on a converged host it changes nothing and prints nothing; each change prints a
@@ -88,6 +90,7 @@ def build_script(
         f"LINK={q(link)}",
         f"VENVS={q(venvs_dir)}",
         f'M="$D/{MARKER}"',
+        'B="$VENVS/.gpurig-build"',  # hidden: neither a venv to keep nor one to roll back to
         f'change() {{ echo "{CHANGED}$*"; [ -z "${{GPURIG_DRY_RUN:-}}" ]; }}',
         'if [ -z "${GPURIG_DRY_RUN:-}" ]; then',
         '  mkdir -p "$VENVS"',
@@ -108,17 +111,26 @@ def build_script(
         '  KEEP=$(ls -1dt "$VENVS"/*/ 2>/dev/null | sed "s,/$,," | grep -vxF "$D" | head -n 1 '
         "|| true)",
         "fi",
+        # A run cut off between the two renames below: put the previous copy of $D back.
+        'if [ ! -e "$D" ] && [ -d "$B.old" ] && change "put $D back"; then mv -T "$B.old" "$D"; fi',
         # Re-checked under the lock: a cut-off earlier run may have finished meanwhile.
         f'if [ "$(cat "$M" 2>/dev/null)" != {q(marker)} ] && change "build $D"; then',
-        '  rm -rf "$D"',
-        f'  {uv_cmd} venv --quiet --python {q(python)} "$D"',
-        f'  {uv_cmd} pip sync --python "$D/bin/python" --require-hashes '
+        # Built beside $D, never in it: $D may be the live venv (its marker missing or
+        # different), and it stays in use until the new one is complete. Relocatable, so
+        # that the finished build can be renamed to $D.
+        '  rm -rf "$B" "$B.old"',
+        f'  {uv_cmd} venv --quiet --relocatable --python {q(python)} "$B"',
+        f'  {uv_cmd} pip sync --python "$B/bin/python" --require-hashes '
         f"{' '.join(q(a) for a in source_args)} {q(requirements_path)}",
-        f'  "$D/bin/python" -c {q(check)}',
-        f'  cp {q(requirements_path)} "$D/gpurig-requirements.txt"',
-        '  chmod -R go-w "$D"',  # read-only to the service user (uv leaves a 0666 .lock)
-        f"  printf '%s\\n' {q(marker)} > \"$M.tmp\"",
-        '  mv "$M.tmp" "$M"',  # last: only a complete venv has a marker
+        f'  "$B/bin/python" -c {q(check)}',
+        f'  cp {q(requirements_path)} "$B/gpurig-requirements.txt"',
+        '  chmod -R go-w "$B"',  # read-only to the service user (uv leaves a 0666 .lock)
+        f"  printf '%s\\n' {q(marker)} > \"$B/{MARKER}\"",  # last: only a complete venv
+        # Complete: the old $D is moved aside (two renames: the live path is missing only
+        # between them), then removed.
+        '  if [ -e "$D" ]; then mv -T "$D" "$B.old"; fi',
+        '  mv -T "$B" "$D"',
+        '  rm -rf "$B.old"',
         "fi",
         # A directory (not gpurig's link) at the live path: keep it as the rollback venv.
         'if [ -e "$LINK" ] && [ ! -L "$LINK" ] && change "move the directory $LINK aside"; then',

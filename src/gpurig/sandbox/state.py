@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -24,6 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpurig.errors import GpurigError
 
 SANDBOX_GROUP = "sandbox"
+# The state dir's path goes into Ansible inventory variables and ssh's options: nothing in it
+# may read as a template, split into two words or be expanded by a shell.
+_UNSAFE_PATH = re.compile(r"[\s{}%$'\"`\\]")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,16 @@ class StateDir:
                 "run `gpurig sandbox down` to reset this state dir"
             ) from None
 
+    def check_path(self) -> None:
+        """Before a fleet starts, and before its files are written."""
+        if _UNSAFE_PATH.search(str(self.path)):
+            raise GpurigError(
+                f"sandbox state dir {str(self.path)[:200]!r}: choose a path without spaces, "
+                "quotes, $, %, braces or backslashes (it goes into Ansible's inventory)"
+            )
+
     def save_hosts(self, hosts: list[SandboxHost]) -> None:
+        self.check_path()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write(self.hosts_file, json.dumps([asdict(h) for h in hosts], indent=2) + "\n")
         _write(self.known_hosts_file, "".join(h.known_hosts_line() + "\n" for h in hosts))
@@ -125,6 +138,7 @@ class StateDir:
 
     def ensure_key(self) -> str:
         """The controller's public key line, creating the ed25519 pair on first use."""
+        self.check_path()
         if not self.key_file.exists():
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             key = Ed25519PrivateKey.generate()
