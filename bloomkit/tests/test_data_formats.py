@@ -86,6 +86,7 @@ def test_a_folder_reads_its_data_files_in_order(tmp_path) -> None:
     (folder / "c.jsonl").write_text(json.dumps({"prompt": "p", "response": "from jsonl"}) + "\n")
     (folder / "nested" / "d.txt").write_text("from text\n")
     (folder / "README").write_text("not data: no data suffix\n")
+    (folder / "README.md").write_text("# A dataset card, not training text\n")
     (folder / ".cache" / "e.jsonl").write_text('{"text": "hidden: skipped"}\n')
     examples = read_examples(str(folder))
     assert [e.text for e in examples] == ["from csv", "from parquet", "from jsonl", "from text"]
@@ -97,6 +98,21 @@ def test_a_bad_file_in_a_folder_is_named(tmp_path) -> None:
     (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": "fine"}\n{"txt": "typo"}\n')
     with pytest.raises(BloomkitError, match=r"b\.jsonl:3: expected .*found keys: txt"):
         read_examples(str(tmp_path))
+
+
+def test_a_bad_line_at_the_start_of_a_big_file_is_found_without_reading_it_all(
+    tmp_path, monkeypatch
+) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"text": "fine"}\n{oops\n' + '{"text": "fine"}\n' * 1000)
+    import datasets
+
+    def never(*_, **__):
+        raise AssertionError("datasets was asked to read a file with a bad first chunk")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    with pytest.raises(BloomkitError, match=r"big\.jsonl:2: not valid JSON"):
+        read_examples(str(path))
 
 
 def test_examples_stream_before_the_file_is_read(tmp_path) -> None:

@@ -39,6 +39,9 @@ BUILDERS = {
     ".text": "text",
     ".md": "text",
 }
+# A folder's Markdown is its README or dataset card, not training text (a file named alone is).
+FOLDER_SUFFIXES = sorted(set(BUILDERS) - {".md"})
+FIRST_CHUNK = 10 << 20  # bytes `datasets` parses at once in a JSON Lines file (its chunksize)
 STACK_ADVICE = (
     "hosts' venvs are locked and read-only: add it under `packages:` (or `extra_packages:`) "
     "in stack.yml, then `gpurig resolve` and deploy again"
@@ -81,12 +84,12 @@ def local_files(source: str) -> list[Path] | None:
             p
             for p in path.rglob("*")
             if p.is_file()
-            and p.suffix.lower() in BUILDERS
+            and p.suffix.lower() in FOLDER_SUFFIXES
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
             raise UsageError(
-                f"data folder '{path}' has no data files ({', '.join(sorted(BUILDERS))})"
+                f"data folder '{path}' has no data files ({', '.join(FOLDER_SUFFIXES)})"
             )
     else:
         files = [path]
@@ -120,11 +123,13 @@ def _line_numbers(path: Path) -> Iterator[int]:
                 yield number
 
 
-def _precise_error(path: Path, builder: str) -> BloomkitError | None:
-    """The first bad line of a file, read line by line with the standard library (one line in
-    memory at a time); None when every line is good."""
+def _precise_error(path: Path, builder: str, limit: float = float("inf")) -> BloomkitError | None:
+    """The first bad line of a file (of its first `limit` bytes), read line by line with the
+    standard library (one line in memory at a time); None when every line is good."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
+            if f.tell() > limit:
+                break
             where = f"{path}:{number}"
             try:
                 line = raw.decode("utf-8")
@@ -168,6 +173,13 @@ def _file_examples(path: Path) -> Iterator[Example | Chat]:
     if builder != "parquet" and not first:
         return  # blank: no rows (`datasets` would fail on it without saying why)
     lines = _line_numbers(path) if builder == "json" and first == b"{" else None
+    if lines is not None:
+        # When the first chunk of a JSON Lines file does not parse, `datasets` retries by
+        # reading the whole file into memory (as one JSON document); a bad line there is found
+        # here instead, before it can.
+        early = _precise_error(path, builder, limit=FIRST_CHUNK)
+        if early is not None:
+            raise early
     index = -1
     try:
         for index, row in enumerate(_stream(path, builder)):
