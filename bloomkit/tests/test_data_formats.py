@@ -51,6 +51,16 @@ def test_parquet_text_and_chat_columns(tmp_path) -> None:
     assert chats[1].where.endswith("c.parquet: row 2")
 
 
+def test_a_file_that_is_not_parquet(tmp_path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really\n")
+    with pytest.raises(
+        BloomkitError, match=r"cannot read '.*broken\.parquet' as parquet: "
+    ) as caught:
+        read_examples(str(path))
+    assert "\n" not in str(caught.value)
+
+
 def test_json_document_with_a_list_of_rows(tmp_path) -> None:
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([{"text": "a"}, {"prompt": "p", "response": "r"}], indent=2))

@@ -180,7 +180,6 @@ def _file_examples(path: Path) -> Iterator[Example | Chat]:
         early = _precise_error(path, builder, limit=FIRST_CHUNK)
         if early is not None:
             raise early
-    index = -1
     try:
         for index, row in enumerate(_stream(path, builder)):
             if builder == "text":
@@ -189,12 +188,12 @@ def _file_examples(path: Path) -> Iterator[Example | Chat]:
                 if text.strip():
                     yield Example("", text)
                 continue
-            where = f"{path}:{next(lines)}" if lines else f"{path}: row {index + 1}"
+            where = f"{path}:{next(lines)}" if lines is not None else f"{path}: row {index + 1}"
             yield example_from_row(row, where)
     except BloomkitError as exc:
         raise (_precise_error(path, builder) if builder == "json" else None) or exc from None
     except Exception as exc:  # pyarrow, UnicodeDecodeError, datasets' own: all "cannot parse"
-        precise = _precise_error(path, builder)
+        precise = None if builder == "parquet" else _precise_error(path, builder)
         if precise is not None:
             raise precise from exc
         raise BloomkitError(f"cannot read '{path}' as {builder}: {_first_line(exc)}") from exc
