@@ -114,31 +114,44 @@ class _TokenFile:
 
 def _tokenized(
     examples: Iterable[Example | Chat], tokenizer: Any, on_chat: Callable[[], None] | None
-) -> Iterator[tuple[list[int], list[int]]]:
-    """(ids, labels) of each example with the EOS after it, tokenized a batch at a time (the
-    plain texts of a batch in one tokenizer call)."""
+) -> Iterator[tuple[list[int], list[int], int]]:
+    """(ids, labels, how many examples) of each batch of examples, each example followed by
+    EOS. The plain texts of a batch go through the tokenizer in one call (its fast path), and
+    each batch is written to the token files at once."""
     eos = tokenizer.eos_token_id
     chat_seen = False
     iterator = iter(examples)
     while batch := list(itertools.islice(iterator, TOKENIZE_BATCH)):
         plain = [e for e in batch if isinstance(e, Example)]
         texts = iter(_token_ids(tokenizer, [e.text for e in plain]))
-        prompts = iter(_token_ids(tokenizer, [e.prompt for e in plain]))
+        # Most data has no prompts: only the non-empty ones are tokenized.
+        prompted = iter(_token_ids(tokenizer, [e.prompt for e in plain if e.prompt]))
+        ids: list[int] = []
+        labels: list[int] = []
         for example in batch:
             if isinstance(example, Chat):
                 if not chat_seen and on_chat is not None:
                     on_chat()  # the template is checked when the data first needs one
                 chat_seen = True
                 chat_ids, learned = tokenize_chat(tokenizer, example)
+                ids += chat_ids
+                ids.append(eos)
                 # The template ends each assistant turn with its own end token, which is
                 # learned; the separator after the conversation is not an assistant token.
-                labels = [
+                labels += [
                     t if keep else IGNORE_INDEX for t, keep in zip(chat_ids, learned, strict=True)
                 ]
-                yield [*chat_ids, eos], [*labels, IGNORE_INDEX]
+                labels.append(IGNORE_INDEX)
                 continue
-            prompt_ids, text_ids = next(prompts), next(texts)
-            yield prompt_ids + text_ids + [eos], [IGNORE_INDEX] * len(prompt_ids) + text_ids + [eos]
+            prompt_ids = next(prompted) if example.prompt else []
+            text_ids = next(texts)
+            ids += prompt_ids
+            ids += text_ids
+            ids.append(eos)
+            labels += [IGNORE_INDEX] * len(prompt_ids)
+            labels += text_ids
+            labels.append(eos)
+        yield ids, labels, len(batch)
 
 
 def _token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -162,11 +175,11 @@ def pack(
     ids, labels = _TokenFile(), _TokenFile()
     count = 0
     learned = False
-    for example_ids, example_labels in _tokenized(examples, tokenizer, on_chat):
-        count += 1
-        ids.write(example_ids)
-        labels.write(example_labels)
-        learned = learned or any(label != IGNORE_INDEX for label in example_labels)
+    for batch_ids, batch_labels, examples_in_batch in _tokenized(examples, tokenizer, on_chat):
+        count += examples_in_batch
+        ids.write(batch_ids)
+        labels.write(batch_labels)
+        learned = learned or any(label != IGNORE_INDEX for label in batch_labels)
     num_tokens = ids.count
     padding = (seq_len - num_tokens % seq_len) % seq_len
     ids.write([pad] * padding)
