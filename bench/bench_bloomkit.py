@@ -45,11 +45,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run(argv: list[str]) -> dict[str, object]:
-    """Run `argv`; its wall time, peak RSS, exit code and output."""
+def run(argv: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    """Run `argv` (in `env`, else child_env()); its wall time, peak RSS, exit code and output."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env if env is not None else child_env()
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -113,9 +115,18 @@ def corpus(path: Path, lines: int) -> Path:
 
 
 def bench_finetune(
-    model: str, steps: int, batch: int, seq_len: int, workdir: Path, lines: int
+    model: str,
+    steps: int,
+    batch: int,
+    seq_len: int,
+    workdir: Path,
+    lines: int,
+    data: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    data = corpus(workdir / f"corpus-{lines}.jsonl", lines)
+    """Fine-tune on `data`, or on a corpus of `lines` JSONL texts; `env` for the child."""
+    if data is None:
+        data = corpus(workdir / f"corpus-{lines}.jsonl", lines)
     output = workdir / f"ft-{model.replace('/', '--')}"
     argv = bloomkit(
         "finetune",
@@ -138,7 +149,7 @@ def bench_finetune(
         "--no-progress",
         "--overwrite",
     )
-    done = run(argv)
+    done = run(argv, env)
     if done["exit"] != 0:
         print(done["output"], file=sys.stderr)
         return {"command": done["command"], "error": done["output"].strip().splitlines()[-1:]}

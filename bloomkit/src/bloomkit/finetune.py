@@ -23,7 +23,7 @@ import torch
 from bloomkit import __version__, peaks
 from bloomkit.chat import use_template
 from bloomkit.config import FinetuneArgs, to_dict
-from bloomkit.data import has_chat, pack, read_examples
+from bloomkit.data import check_source, iter_examples, pack
 from bloomkit.errors import BloomkitError, GPUOutOfMemory, UsageError
 from bloomkit.models import (
     DTYPES,
@@ -131,15 +131,14 @@ def _swap_into_place(partial: Path, final: Path) -> None:
 
 def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train, save into OUTPUT.partial, rename to OUTPUT; returns the run's summary."""
-    # Cheap checks first: a bad data file or output directory fails before the heavy imports,
-    # and before anything on disk changes. A file where the output directory (or its
+    # Cheap checks first: a missing data file or a bad output directory fails before the heavy
+    # imports, and no data error leaves anything on disk: the data is read, checked and packed
+    # before the output directories are touched. A file where the output directory (or its
     # OUTPUT.partial) goes would otherwise fail only at the end, after the whole run.
     final = args.output.expanduser().resolve()
     check_output_dir(final, "--output")
     check_output_dir(partial_dir(final), "--output's work directory")
-    examples = read_examples(args.data, args.split)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    final, partial, checkpoint = _prepare_dirs(args, is_main)
+    check_source(args.data)
 
     import transformers
     from accelerate import PartialState
@@ -147,17 +146,24 @@ def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     transformers.utils.logging.disable_progress_bar()  # weight-shard bars; Trainer's stays
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    # Set on the tokenizer that is saved with the output: generate --chat on the output then
+    # renders prompts exactly as the training data was rendered. Without --chat-template the
+    # tokenizer's own is checked when the first conversation in the data needs it.
+    if args.chat_template is not None:
+        use_template(tokenizer, args.chat_template, args.model)
+        on_chat = None
+    else:
+        on_chat = functools.partial(use_template, tokenizer, None, args.model)
+    dataset = pack(iter_examples(args.data, args.split), tokenizer, args.seq_len, on_chat=on_chat)
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    final, partial, checkpoint = _prepare_dirs(args, is_main)
     # On CPUs accelerate sees torchrun's ranks only when told it runs on CPUs (gloo); without it
     # every CPU rank believed it was the main process and wrote OUTPUT.
     state = PartialState(cpu=default_device().type == "cpu")
     state.wait_for_everyone()  # rank 0 has cleared or copied OUTPUT.partial
     is_main = state.is_main_process
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    if has_chat(examples) or args.chat_template is not None:
-        # Set on the tokenizer that is saved with the output: generate --chat on the output
-        # then renders prompts exactly as the training data was rendered.
-        use_template(tokenizer, args.chat_template, args.model)
-    dataset = pack(examples, tokenizer, args.seq_len)
 
     device = default_device()
     precision = resolve_precision(args.precision, device)
@@ -306,7 +312,7 @@ def finetune(args: FinetuneArgs, callbacks: list[Any] | None = None) -> dict[str
                 "saved": "merged model" if args.merge else "adapter" if args.lora else "model",
             },
             "data": {
-                "examples": len(examples),
+                "examples": dataset.num_examples,
                 "tokens": dataset.num_tokens,
                 "blocks": len(dataset),
             },
