@@ -39,11 +39,13 @@ FIRST_BOOT_APT_UNIT = """\
 [Unit]
 Description=apt-daily and unattended-upgrades on first boot, as on a fresh cloud VM
 After=network.target
-ConditionFirstBoot=yes
+# Once per host (systemd 252 does not count an empty machine-id as a first boot).
+ConditionPathExists=!/var/lib/gpurig-first-boot-apt
 
 [Service]
 Type=oneshot
 ExecStart=/bin/systemctl start --no-block apt-daily.service apt-daily-upgrade.service
+ExecStartPost=/bin/touch /var/lib/gpurig-first-boot-apt
 """
 AUTO_UPGRADES = """\
 APT::Periodic::Update-Package-Lists "1";
