@@ -93,8 +93,12 @@ def _secure_boot_fix(context: Context) -> str:
 
 
 def _dpkg_locked(text: str, context: Context) -> Diagnosis | None:
-    match = re.search(r"Could not get lock (\S+?)\.?(?: It is held by process (\d+) \(([^)]*)\))?$",
-                      text, re.M)  # fmt: skip
+    # At once: "E: Could not get lock L. It is held by process N (NAME)". After a bounded wait
+    # (DPkg::Lock::Timeout): "Waiting for cache lock: Could not get lock L. It is held by process
+    # N (NAME)..." lines, then "E: Unable to acquire the dpkg frontend lock (L), is another...".
+    match = re.search(r"Could not get lock (\S+?)\.?(?: It is held by process (\d+) \(([^)]*)\))?"
+                      r"(?:\.\.\.)?$", text, re.M)  # fmt: skip
+    match = match or re.search(r"Unable to acquire the dpkg frontend lock \((\S+)\)()()", text)
     if not match:
         return None
     holder = f" (held by {match[3]}, pid {match[2]})" if match[2] else ""
