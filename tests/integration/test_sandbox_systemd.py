@@ -132,3 +132,7 @@ def test_a_host_that_does_not_come_back_is_named(cli_fleet: Fleet) -> None:
     with pytest.raises(GpurigError, match=f"{host.name} did not come back within 5 s"):
         cli_fleet.reboot(host, timeout_s=5)
     assert time.monotonic() - began < 30
+    cli_fleet.start(host)  # started by hand it boots again, same keys
+    result = openssh(cli_fleet, host, "systemctl is-system-running --wait")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("running", "degraded")
