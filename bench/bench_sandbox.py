@@ -1,7 +1,7 @@
 """Bench: `gpurig sandbox up 1` from a cached image (median of 3), and with --cold the first
 base image build (debootstrap + import, then the sandbox layer).
 
-    python bench/bench_sandbox.py [--os bookworm|trixie] [--runs 3] [--cold]
+    python bench/bench_sandbox.py [--os bookworm|trixie] [--init systemd|none] [--runs 3] [--cold]
 
 --cold deletes the cached images and debootstrap's package cache for the suite first, so it
 measures what a fresh machine pays. On an engine others are using, point it at a scratch one:
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from gpurig.sandbox import Fleet, ensure_base_image, ensure_engine
+from gpurig.sandbox.boot import INITS
 from gpurig.sandbox.paths import cache_home
 from gpurig.sandbox.rootfs import SUITES, remove_image
 
@@ -27,12 +28,13 @@ from gpurig.sandbox.rootfs import SUITES, remove_image
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--os", choices=SUITES, default="bookworm")
+    parser.add_argument("--init", choices=INITS, default="systemd", help="what the hosts boot")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="time the first base image build")
     args = parser.parse_args()
 
     ensure_engine()
-    results: dict[str, object] = {"os": args.os}
+    results: dict[str, object] = {"os": args.os, "init": args.init}
     if args.cold:
         for kind in ("sandbox", "base"):
             remove_image(args.os, kind)
@@ -51,12 +53,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="gpurig-bench-") as scratch:
             fleet = Fleet(Path(scratch) / "fleet")
             began = time.monotonic()
-            fleet.up(1, os=args.os)
+            fleet.up(1, os=args.os, init=args.init)
             timings.append(time.monotonic() - began)
             fleet.down()
     results["up_1_cached_s"] = [round(t, 2) for t in timings]
-    results["up_1_cached_median_s"] = round(statistics.median(timings), 2)
-    print(f"sandbox up 1 ({args.os}, cached image): median {statistics.median(timings):.2f} s")
+    median = statistics.median(timings)
+    results["up_1_cached_median_s"] = round(median, 2)
+    print(f"sandbox up 1 ({args.os}, init {args.init}, cached image): median {median:.2f} s")
     print(json.dumps(results))
 
 

@@ -41,7 +41,11 @@ def sandbox_fleet(
     engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., SandboxFleet]]:
     """Factory: sandbox_fleet(os="bookworm", count=1, pretend_gpu=None,
-    pretend_secure_boot=False, name=None) -> SandboxFleet."""
+    pretend_secure_boot=False, name=None, init="none", first_boot_apt=False) -> SandboxFleet.
+
+    init defaults to "none" (sshd alone) here, unlike `gpurig sandbox up`: the deploy suites
+    assert what a host without systemd does; tests of systemd hosts ask for init="systemd".
+    """
     fleets: dict[str, SandboxFleet] = {}
 
     def start(
@@ -50,12 +54,16 @@ def sandbox_fleet(
         pretend_gpu: str | None = None,
         pretend_secure_boot: bool = False,
         name: str | None = None,
+        init: str = "none",
+        first_boot_apt: bool = False,
     ) -> SandboxFleet:
         params: dict[str, object] = {
             "os": os,
             "count": count,
             "pretend_gpu": pretend_gpu,
             "pretend_secure_boot": pretend_secure_boot,
+            "init": init,
+            "first_boot_apt": first_boot_apt,
         }
         if name is not None and name in fleets:
             shared = fleets[name]
@@ -67,7 +75,12 @@ def sandbox_fleet(
         handle = SandboxFleet(Fleet(state_dir), REPO_ROOT / "inventory.py", params)
         fleets[key] = handle  # registered first: teardown removes whatever `up` left
         handle.fleet.up(
-            count, os=os, pretend_gpu=pretend_gpu, pretend_secure_boot=pretend_secure_boot
+            count,
+            os=os,
+            pretend_gpu=pretend_gpu,
+            pretend_secure_boot=pretend_secure_boot,
+            init=init,
+            first_boot_apt=first_boot_apt,
         )
         return handle
 

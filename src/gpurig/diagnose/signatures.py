@@ -117,12 +117,18 @@ _MISSING_PACKAGE = re.compile(
 SIGNATURES = (
     Signature(
         DPKG_LOCKED,
+        # At once: "E: Could not get lock L. It is held by process N (NAME)". After a bounded
+        # wait (DPkg::Lock::Timeout): "Waiting for cache lock: Could not get lock L. It is held
+        # by process N (NAME)..." lines, then "E: Unable to acquire the dpkg frontend lock (L)".
         re.compile(
-            r"Could not get lock (\S+?)\.?(?: It is held by process (\d+) \(([^)]*)\))?$", re.M
+            r"Could not get lock (?P<lock>\S+?)\.?(?: It is held by process (?P<pid>\d+) "
+            r"\((?P<name>[^)]*)\))?(?:\.\.\.)?$"
+            r"|Unable to acquire the dpkg frontend lock \((?P<frontend>\S+)\)",
+            re.M,
         ),
         lambda m, text, c: (
-            f"another package manager holds {m[1]}"
-            + (f" (held by {m[3]}, pid {m[2]})" if m[2] else "")
+            f"another package manager holds {m['lock'] or m['frontend']}"
+            + (f" (held by {m['name']}, pid {m['pid']})" if m["pid"] else "")
         ),
         _fix(
             "wait for it to finish (on a fresh VM it is unattended-upgrades' first run), or stop "

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import PurePosixPath
 
-from gpurig.errors import GpurigError
+from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
 from gpurig.spec import Stack
 
-APT_LOCK_TIMEOUT_S = 120  # unattended-upgrades on a fresh VM holds the dpkg lock for a while
+ENV_APT_LOCK_TIMEOUT = "GPURIG_APT_LOCK_TIMEOUT_S"
+
+
+def _apt_lock_timeout_s() -> int:
+    """The dpkg-lock bound: 120 s, or the controller's GPURIG_APT_LOCK_TIMEOUT_S (tests that
+    hold the lock past the bound shorten it)."""
+    text = os.environ.get(ENV_APT_LOCK_TIMEOUT, "").strip()
+    if not text:
+        return 120
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{ENV_APT_LOCK_TIMEOUT}={text!r}: give whole seconds, 1 or more")
+    return int(text)
+
+
+# unattended-upgrades on a fresh VM holds the dpkg lock for a while
+APT_LOCK_TIMEOUT_S = _apt_lock_timeout_s()
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
 # ca-certificates' own install runs the update too, if the package comes later.
 UPDATE_CA = "if command -v update-ca-certificates >/dev/null; then update-ca-certificates; fi"

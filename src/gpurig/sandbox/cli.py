@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gpurig.errors import GpurigError
 from gpurig.sandbox import doubles
+from gpurig.sandbox.boot import INITS
 from gpurig.sandbox.engine import ensure_engine, stop_engine
 from gpurig.sandbox.hosts import Fleet
 from gpurig.sandbox.rootfs import KINDS, SUITES, ensure_base_image
@@ -34,6 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     up.add_argument(
         "--pretend-secure-boot", action="store_true", help="test double: mokutil says it is on"
+    )
+    up.add_argument(
+        "--init",
+        choices=INITS,
+        default="systemd",
+        help="systemd: boot like a cloud VM (default); none: sshd alone, as images are tested",
+    )
+    up.add_argument(
+        "--first-boot-apt",
+        action="store_true",
+        help="start apt-daily and unattended-upgrades at boot (they hold the dpkg lock)",
     )
 
     actions.add_parser("list", help="show this state dir's hosts")
@@ -62,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             os=args.os,
             pretend_gpu=args.pretend_gpu,
             pretend_secure_boot=args.pretend_secure_boot,
+            init=args.init,
+            first_boot_apt=args.first_boot_apt,
         )
         console.print(f"started {len(started)} host(s) in {time.monotonic() - began:.1f} s")
         _print_fleet(fleet)
@@ -100,13 +114,14 @@ def _print_fleet(fleet: Fleet) -> None:
     except GpurigError as error:
         console.print(f"[yellow]{error}[/]")
         states = {}
-    table = Table("name", "address", "user", "os", "pretend", "container", box=None)
+    table = Table("name", "address", "user", "os", "init", "pretend", "container", box=None)
     for host in hosts:
         table.add_row(
             host.name,
             host.address,
             host.user,
             host.os,
+            host.init,
             _pretend(host),
             states.get(host.name, "missing" if states else "?"),
         )

@@ -1,20 +1,20 @@
 """Sandbox hosts: containers that behave like fresh Debian cloud VMs, reached over real SSH.
 
 Each host is a container from gpurig/sandbox:SUITE on the machine's network (the engine has no
-bridge), with its own sshd on 127.0.0.1:PORT, fresh host keys, and a `debian` sudo user that
-trusts the fleet's controller key. A fleet is one state dir; its containers carry its label.
+bridge), booting systemd (or, with init="none", only sshd: see boot.py), with its own sshd on
+127.0.0.1:PORT, fresh host keys, and a `debian` sudo user that trusts the fleet's controller
+key. A fleet is one state dir; its containers carry its label.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,10 +25,18 @@ from docker.models.containers import Container
 
 from gpurig.errors import GpurigError, UsageError
 from gpurig.sandbox import doubles
+from gpurig.sandbox.boot import (
+    INITS,
+    LOOPBACK,
+    PortTaken,
+    container_options,
+    host_archive,
+    wait_for_sshd,
+)
 from gpurig.sandbox.engine import docker_client
 from gpurig.sandbox.paths import sandbox_dir
 from gpurig.sandbox.remote import ssh_run
-from gpurig.sandbox.rootfs import SANDBOX_UID, SANDBOX_USER, SUITES, ensure_base_image
+from gpurig.sandbox.rootfs import SANDBOX_USER, SUITES, ensure_base_image
 from gpurig.sandbox.state import SandboxHost, StateDir
 
 log = logging.getLogger(__name__)
@@ -36,28 +44,11 @@ log = logging.getLogger(__name__)
 LABEL = "gpurig.sandbox"  # value: the fleet id (a hash of the state dir)
 HOST_LABEL = "gpurig.sandbox.host"
 DIR_LABEL = "gpurig.sandbox.dir"
-LOOPBACK = "127.0.0.1"
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 60.0  # a systemd boot on a busy 2-core machine takes a few seconds
 PORT_ATTEMPTS = 3
 MAX_PARALLEL = 8
-# An empty machine-id marks a first boot, as on a cloud image: new host keys then, and only
-# then, so a restarted host keeps the keys known_hosts trusts (a VM reboot does too).
-START_SCRIPT = """\
-if [ ! -s /etc/machine-id ]; then
-  rm -f /etc/ssh/ssh_host_*
-  tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id
-fi
-ssh-keygen -A
-mkdir -p -m 0755 /run/sshd
-exec /usr/sbin/sshd -D -e -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no
-"""
-
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class PortTaken(Exception):
-    """Another process bound the port between our probe and sshd's bind."""
 
 
 class Fleet:
@@ -101,12 +92,22 @@ class Fleet:
         os: str = "bookworm",
         pretend_gpu: str | None = None,
         pretend_secure_boot: bool = False,
+        init: str = "systemd",
+        first_boot_apt: bool = False,
     ) -> list[SandboxHost]:
-        """Start `count` more hosts and wait until each accepts a real SSH login."""
+        """Start `count` more hosts and wait until each accepts a real SSH login.
+
+        init="none" runs sshd alone (no systemd); first_boot_apt starts apt-daily and
+        unattended-upgrades as a systemd host comes up, so a deploy meets a held dpkg lock.
+        """
         if count < 1:
             raise UsageError(f"host count must be 1 or more, not {count}")
         if os not in SUITES:
             raise UsageError(f"unknown Debian suite {os!r}: use one of {', '.join(SUITES)}")
+        if init not in INITS:
+            raise UsageError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
+        if first_boot_apt and init == "none":
+            raise UsageError("first-boot apt needs systemd hosts (it starts apt-daily's units)")
         files = doubles.host_files(pretend_gpu, pretend_secure_boot)  # checks the SKU early
         sku = doubles.resolve_sku(pretend_gpu).name if pretend_gpu else None
         image = ensure_base_image(os, "sandbox", client=self.client)
@@ -117,13 +118,17 @@ class Fleet:
             first = 1 + max((_index(h.name) for h in existing), default=0)
             names = [f"sandbox-{first + i}" for i in range(count)]
             ports = free_ports(count, exclude={h.port for h in existing})
-            archive = _host_archive(public_key, files)
 
             def start(name_port: tuple[str, int]) -> SandboxHost:
                 name, port = name_port
-                return self._start_host(
-                    name, port, image.tag, archive, os, sku, pretend_secure_boot
+                host = SandboxHost(
+                    name, LOOPBACK, port, SANDBOX_USER, os, "", sku, pretend_secure_boot, "", init
                 )
+
+                def archive(port: int) -> bytes:
+                    return host_archive(public_key, files, port, first_boot_apt=first_boot_apt)
+
+                return self._start_host(host, image.tag, archive)
 
             started = _parallel(start, zip(names, ports, strict=True), on_error=self._remove)
             self.state.save_hosts([*existing, *started])
@@ -157,8 +162,33 @@ class Fleet:
     def start(self, host: str | SandboxHost) -> None:
         """Start a stopped host again, like a reboot: same port, same host keys."""
         target = self.host(host)
-        self._container(target).start()
-        self._wait_for_port(target.port, self._container(target))
+        container = self._container(target)
+        container.start()
+        wait_for_sshd(container, target.port, target.init, READY_TIMEOUT_S)
+        self._wait_for_login(target)
+
+    def reboot(self, host: str | SandboxHost, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """`systemctl reboot` inside a systemd host, then wait (bounded) until it logs in again."""
+        target = self.host(host)
+        if target.init != "systemd":
+            raise UsageError(f"{target.name} runs no init: only systemd hosts reboot")
+        container = self._container(target)
+        booted = container.attrs["State"]["StartedAt"]
+        with suppress(paramiko.SSHException, OSError):  # the session may end with the host
+            self.ssh(target, "sudo -n systemctl reboot", timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            container.reload()
+            state = container.attrs["State"]
+            if state["Running"] and state["StartedAt"] != booted:
+                break
+            if time.monotonic() > deadline:
+                raise GpurigError(
+                    f"{target.name} did not come back within {timeout_s:.0f} s of a reboot "
+                    f"(container {container.name} is {container.status})"
+                )
+            time.sleep(0.2)
+        wait_for_sshd(container, target.port, target.init, max(1.0, deadline - time.monotonic()))
         self._wait_for_login(target)
 
     def ssh(self, host: str | SandboxHost, command: str, timeout: float = 600.0) -> tuple[int, str]:
@@ -173,36 +203,30 @@ class Fleet:
         return {c.labels.get(HOST_LABEL, c.name): c.status for c in self._containers()}
 
     def _start_host(
-        self,
-        name: str,
-        port: int,
-        image: str,
-        archive: bytes,
-        suite: str,
-        pretend_gpu: str | None,
-        pretend_secure_boot: bool,
+        self, host: SandboxHost, image: str, archive: Callable[[int], bytes]
     ) -> SandboxHost:
+        """Create, fill and start one host's container; a new port if another process won ours."""
+        port = host.port
         for _attempt in range(PORT_ATTEMPTS):
             container = self.client.containers.create(
                 image,
-                ["/bin/sh", "-ec", START_SCRIPT.format(port=port)],
-                name=f"gpurig-{self.state.fleet_id}-{name}",
+                name=f"gpurig-{self.state.fleet_id}-{host.name}",
                 labels={
                     LABEL: self.state.fleet_id,
-                    HOST_LABEL: name,
+                    HOST_LABEL: host.name,
                     DIR_LABEL: str(self.state_dir),
                 },
                 network_mode="host",
                 # Its own name, resolvable as cloud-init makes it (sudo looks it up).
-                hostname=name,
-                extra_hosts={name: LOOPBACK},
-                init=True,  # a real PID 1 reaps what deploys leave running, as init does
+                hostname=host.name,
+                extra_hosts={host.name: LOOPBACK},
                 detach=True,
+                **container_options(host.init),
             )
             try:
-                container.put_archive("/", archive)
+                container.put_archive("/", archive(port))
                 container.start()
-                self._wait_for_port(port, container)
+                wait_for_sshd(container, port, host.init, READY_TIMEOUT_S)
             except PortTaken:
                 container.remove(force=True)
                 port = free_ports(1)[0]
@@ -210,40 +234,10 @@ class Fleet:
             except BaseException:
                 container.remove(force=True)
                 raise
-            return SandboxHost(
-                name=name,
-                hostname=LOOPBACK,
-                port=port,
-                user=SANDBOX_USER,
-                os=suite,
-                container=str(container.name),
-                pretend_gpu=pretend_gpu,
-                pretend_secure_boot=pretend_secure_boot,
-                host_key=_host_key(container),
+            return replace(
+                host, port=port, container=str(container.name), host_key=_host_key(container)
             )
-        raise GpurigError(f"{name}: no free port for sshd after {PORT_ATTEMPTS} tries")
-
-    def _wait_for_port(self, port: int, container: Container) -> None:
-        """Until our sshd listens (its own log says so, not just anyone on the port)."""
-        listening = f"Server listening on {LOOPBACK} port {port}".encode()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            container.reload()
-            logs: bytes = container.logs()
-            if container.status == "running" and listening in logs:
-                return
-            if container.status not in ("created", "running"):
-                if b"Address already in use" in logs:
-                    raise PortTaken(port)
-                tail = logs.decode(errors="replace").strip().splitlines()[-4:]
-                raise GpurigError(
-                    f"sandbox host {container.name} exited while starting sshd: {' | '.join(tail)}"
-                )
-            time.sleep(0.1)
-        raise GpurigError(
-            f"sshd in {container.name} did not answer on {LOOPBACK}:{port} "
-            f"within {READY_TIMEOUT_S:.0f} s: see `docker logs {container.name}`"
-        )
+        raise GpurigError(f"{host.name}: no free port for sshd after {PORT_ATTEMPTS} tries")
 
     def _wait_for_login(self, host: SandboxHost) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -320,23 +314,6 @@ def _parallel(
             on_error(done)
         raise failures[0]
     return done
-
-
-def _host_archive(public_key: str, files: dict[str, tuple[int, str]]) -> bytes:
-    """A tar of what a host gets before it starts: the controller key, test doubles."""
-    entries: list[tuple[str, int, int, str]] = [
-        (f"home/{SANDBOX_USER}/.ssh/authorized_keys", 0o600, SANDBOX_UID, public_key + "\n")
-    ]
-    entries += [(path.lstrip("/"), mode, 0, text) for path, (mode, text) in files.items()]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path, mode, owner, text in entries:
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.uid, info.gid = len(data), mode, owner, owner
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _host_key(container: Container) -> str:

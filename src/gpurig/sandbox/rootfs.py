@@ -1,11 +1,12 @@
 """Debian base images without a registry: debootstrap a root filesystem, `docker import` it.
 
-Two kinds per suite, each tagged gpurig/KIND:SUITE and cached by a hash of its recipe (a changed
-recipe rebuilds, an unchanged one returns at once):
+Two kinds per suite, tagged gpurig/base:SUITE and gpurig/sandbox:SUITE-RECIPE, each cached by a
+hash of its recipe (a changed recipe rebuilds, an unchanged one returns at once):
 - base:    minbase + ca-certificates, apt sources with contrib/non-free enabled. Dockerfiles
            build FROM it.
-- sandbox: base + what a fresh Debian cloud VM has (sshd, sudo, python3...) and its `debian`
-           sudo user. Sandbox hosts run it; layering it on base keeps one debootstrap per suite
+- sandbox: base + what a fresh Debian cloud VM has (systemd, sshd, sudo, python3,
+           unattended-upgrades...) and its `debian` sudo user. Sandbox hosts run it, booting
+           systemd or (no-init hosts) only sshd; layering it on base keeps one debootstrap per suite
            and the same root filesystem under hosts and images.
 Neither kind starts services on install (policy-rc.d), as in Debian's own container images:
 hosts share the machine's network, so nothing may bind a port behind our back.
@@ -13,6 +14,7 @@ hosts share the machine's network, so nothing may bind a port behind our back.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -48,6 +50,10 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 BASE_PACKAGES = ("ca-certificates",)
 # What a Debian cloud image has that minbase lacks, and a test host needs; kept lean.
 SANDBOX_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "unattended-upgrades",
     "openssh-server",
     "sudo",
     "python3",
@@ -69,6 +75,37 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 AuthenticationMethods publickey
 """
+# Units a booted host must not run: all hosts share the machine's network namespace (so no
+# network managers, resolvers or listeners of their own), and have no console to log in on.
+MASKED_UNITS = (
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "systemd-networkd-wait-online.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "systemd-firstboot.service",
+    "getty.target",
+    "tmp.mount",  # trixie's tmpfs /tmp needs a mount the container may not make
+    "console-getty.service",
+    "ssh.socket",
+)
+# apt-daily's timers fire at random times; a host runs them only when asked to (first-boot apt),
+# so no test meets a dpkg lock it did not ask for.
+DISABLED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+# Fresh host keys before sshd's first start, as cloud-init makes them; kept across reboots.
+HOST_KEYS_UNIT = """\
+[Unit]
+Description=SSH host keys of this host (generated on its first boot)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
+"""
 # Runs in a container from the base image, with the machine's network.
 SANDBOX_SETUP = f"""\
 export DEBIAN_FRONTEND=noninteractive
@@ -83,6 +120,11 @@ install -d -m 0700 -o {SANDBOX_USER} -g {SANDBOX_USER} /home/{SANDBOX_USER}/.ssh
 cat > /etc/ssh/sshd_config.d/50-gpurig-sandbox.conf <<'EOF'
 {SSHD_HARDENING}EOF
 rm -f /etc/ssh/ssh_host_*  # each host generates its own at start
+cat > /etc/systemd/system/gpurig-host-keys.service <<'EOF'
+{HOST_KEYS_UNIT}EOF
+systemctl enable gpurig-host-keys.service ssh.service
+systemctl mask {" ".join(MASKED_UNITS)}
+systemctl disable {" ".join(DISABLED_UNITS)}
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 """
@@ -149,34 +191,44 @@ def ensure_base_image(
     )
     parent = ensure_base_image(suite, "base", client=client) if kind == "sandbox" else None
     digest = recipe.digest(parent.recipe if parent else "")
-    with _build_lock(recipe.tag):  # a second builder waits, then finds the image cached
-        old_id = _cached_id(client, recipe.tag)
-        current = _image_recipe(client, recipe.tag)
+    # Dockerfiles build FROM the base tag, so it stays fixed. Sandbox images carry their recipe
+    # in the tag: branches with different recipes on one engine then do not rebuild each
+    # other's image back and forth while their tests run.
+    tag = recipe.tag if parent is None else f"{recipe.tag}-{digest[:8]}"
+    with _build_lock(tag):  # a second builder waits, then finds the image cached
+        old_id = _cached_id(client, tag)
+        current = _image_recipe(client, tag)
         if current == digest and not rebuild and old_id:
-            return BaseImage(recipe.tag, old_id, digest, None)
-        log.warning("building %s (recipe %s); takes a minute or two", recipe.tag, digest)
+            return BaseImage(tag, old_id, digest, None)
+        log.warning("building %s (recipe %s); takes a minute or two", tag, digest)
         began = time.monotonic()
         labels = {RECIPE_LABEL: digest, "gpurig.kind": kind, "gpurig.suite": suite}
         if parent is None:
             _build_base(client, recipe, labels)
         else:
-            _build_sandbox(client, recipe, parent.tag, labels)
+            _build_sandbox(client, tag, parent.tag, labels)
         built_in_s = time.monotonic() - began
-        image = client.images.get(recipe.tag)
+        image = client.images.get(tag)
         if old_id and old_id != image.id:
             _remove_quietly(client, old_id)
-        log.warning("built %s in %.0f s", recipe.tag, built_in_s)
-        return BaseImage(recipe.tag, str(image.id), digest, built_in_s)
+        log.warning("built %s in %.0f s", tag, built_in_s)
+        return BaseImage(tag, str(image.id), digest, built_in_s)
 
 
 def remove_image(suite: str, kind: str, client: docker.DockerClient | None = None) -> bool:
-    """Delete a cached image (the bench's cold start); False when there was none."""
+    """Delete a cached image, every recipe of it (the bench's cold start); False when none."""
     client = client or docker_client()
-    try:
-        client.images.remove(image_tag(suite, kind), force=True)
-    except ImageNotFound:
-        return False
-    return True
+    repository, _ = image_tag(suite, kind).split(":")
+    tags = [
+        tag
+        for image in client.images.list(name=repository)
+        for tag in image.tags
+        if tag == image_tag(suite, kind) or tag.startswith(f"{image_tag(suite, kind)}-")
+    ]
+    for tag in tags:
+        with contextlib.suppress(ImageNotFound):
+            client.images.remove(tag, force=True)
+    return bool(tags)
 
 
 def apt_sources(suite: str, mirror: str, security_mirror: str, keyring: str) -> tuple[str, str]:
@@ -273,21 +325,21 @@ def _import(
 
 
 def _build_sandbox(
-    client: docker.DockerClient, recipe: Recipe, base_tag: str, labels: dict[str, str]
+    client: docker.DockerClient, image: str, base_tag: str, labels: dict[str, str]
 ) -> None:
-    repository, tag = recipe.tag.split(":")
+    repository, tag = image.split(":")
     container = client.containers.run(
         base_tag,
         ["/bin/sh", "-ec", SANDBOX_SETUP],
         network_mode="host",  # the engine has no bridge: apt reaches the mirror this way
         detach=True,
-        labels={"gpurig.build": recipe.tag},
+        labels={"gpurig.build": image},
     )
     try:
         status = container.wait(timeout=900)["StatusCode"]
         if status != 0:
             tail = container.logs(tail=6).decode(errors="replace").strip().replace("\n", " | ")
-            raise GpurigError(f"setting up {recipe.tag} failed (status {status}): {tail}")
+            raise GpurigError(f"setting up {image} failed (status {status}): {tail}")
         container.commit(
             repository=repository, tag=tag, conf={"Labels": labels, "Cmd": ["/bin/bash"]}
         )

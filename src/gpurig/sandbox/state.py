@@ -41,6 +41,7 @@ class SandboxHost:
     pretend_gpu: str | None = None
     pretend_secure_boot: bool = False
     host_key: str = ""  # "ssh-ed25519 AAAA...", read from the host after its sshd started
+    init: str = "none"  # "systemd" or "none" (sshd alone); hosts.json from before says none
 
     @property
     def address(self) -> str:

@@ -55,3 +55,7 @@ class SandboxFleet:
     def start(self, host: str | SandboxHost) -> None:
         """Start a stopped host again, like a reboot (same port and host keys)."""
         self.fleet.start(host)
+
+    def reboot(self, host: str | SandboxHost) -> None:
+        """`systemctl reboot` on a systemd host, and wait until it logs in again."""
+        self.fleet.reboot(host)

@@ -1,0 +1,155 @@
+"""How a sandbox host boots: systemd as PID 1 (the default, like a cloud VM) or sshd alone.
+
+Both kinds get, before their container starts, one archive: the controller key, the test
+doubles, and an sshd_config.d file that binds sshd to 127.0.0.1:PORT only (all hosts share the
+machine's network namespace). A systemd host boots the unprivileged-container recipe checked on
+this machine (`container=docker`, /sys/fs/cgroup read-only, tmpfs on /run and /run/lock); its
+sshd is ssh.service, after gpurig-host-keys.service made its keys on the first boot.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from typing import Any
+
+from docker.models.containers import Container
+
+from gpurig.errors import GpurigError
+from gpurig.sandbox.rootfs import SANDBOX_UID, SANDBOX_USER
+
+INITS = ("systemd", "none")
+LOOPBACK = "127.0.0.1"
+LISTEN_CONF = "etc/ssh/sshd_config.d/60-gpurig-listen.conf"
+# An empty machine-id marks a first boot, as on a cloud image: new host keys then, and only
+# then, so a restarted host keeps the keys known_hosts trusts (a VM reboot does too).
+NO_INIT_SCRIPT = """\
+if [ ! -s /etc/machine-id ]; then
+  rm -f /etc/ssh/ssh_host_*
+  tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id
+fi
+ssh-keygen -A
+mkdir -p -m 0755 /run/sshd
+exec /usr/sbin/sshd -D -e
+"""
+# First boot like a cloud VM: apt-daily (lists) then apt-daily-upgrade (unattended-upgrades,
+# which takes the dpkg lock) start as the host comes up, not at the timers' random hour.
+FIRST_BOOT_APT_UNIT = """\
+[Unit]
+Description=apt-daily and unattended-upgrades on first boot, as on a fresh cloud VM
+After=network.target
+# Once per host (systemd 252 does not count an empty machine-id as a first boot).
+ConditionPathExists=!/var/lib/gpurig-first-boot-apt
+
+[Service]
+Type=oneshot
+ExecStart=/bin/systemctl start --no-block apt-daily.service apt-daily-upgrade.service
+ExecStartPost=/bin/touch /var/lib/gpurig-first-boot-apt
+"""
+AUTO_UPGRADES = """\
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+APT::Periodic::RandomSleep "0";
+"""
+FIRST_BOOT_APT = "etc/systemd/system/gpurig-first-boot-apt.service"
+MULTI_USER_WANTS = "etc/systemd/system/multi-user.target.wants"
+
+
+class PortTaken(Exception):
+    """Another process bound the port between our probe and sshd's bind."""
+
+
+def container_options(init: str) -> dict[str, Any]:
+    """docker create arguments (besides image, name, labels, network) for this kind of host."""
+    if init == "none":
+        # A real PID 1 reaps what deploys leave running, as init does.
+        return {"command": ["/bin/sh", "-ec", NO_INIT_SCRIPT], "init": True}
+    return {
+        "command": ["/lib/systemd/systemd"],
+        "environment": {"container": "docker"},
+        "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
+        "tmpfs": {"/run": "", "/run/lock": ""},
+        "stop_signal": "SIGRTMIN+3",  # systemd's halt; it ignores the default SIGTERM
+        # A reboot inside ends PID 1 with status 0, as a poweroff does: the engine starts the
+        # same container again (name, port, host keys, disk), except after `docker stop`.
+        "restart_policy": {"Name": "unless-stopped"},
+    }
+
+
+def host_archive(
+    public_key: str,
+    files: dict[str, tuple[int, str]],
+    port: int,
+    *,
+    first_boot_apt: bool = False,
+) -> bytes:
+    """A tar of what a host gets before it starts: controller key, sshd's address, doubles."""
+    entries: list[tuple[str, int, int, str]] = [
+        (f"home/{SANDBOX_USER}/.ssh/authorized_keys", 0o600, SANDBOX_UID, public_key + "\n"),
+        (LISTEN_CONF, 0o644, 0, f"Port {port}\nListenAddress {LOOPBACK}\n"),
+    ]
+    if first_boot_apt:
+        entries += [
+            (FIRST_BOOT_APT, 0o644, 0, FIRST_BOOT_APT_UNIT),
+            ("etc/apt/apt.conf.d/20auto-upgrades", 0o644, 0, AUTO_UPGRADES),
+        ]
+    entries += [(path.lstrip("/"), mode, 0, text) for path, (mode, text) in files.items()]
+    buffer = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, mode, owner, text in entries:
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.uid, info.gid, info.mtime = (
+                len(data),
+                mode,
+                owner,
+                owner,
+                now,
+            )
+            tar.addfile(info, io.BytesIO(data))
+        if first_boot_apt:  # enabled, as `systemctl enable` would link it
+            link = tarfile.TarInfo(f"{MULTI_USER_WANTS}/gpurig-first-boot-apt.service")
+            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, f"/{FIRST_BOOT_APT}", now
+            tar.addfile(link)
+    return buffer.getvalue()
+
+
+def wait_for_sshd(container: Container, port: int, init: str, timeout_s: float) -> None:
+    """Until the host's own sshd listens on its port; PortTaken when another process has it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status not in ("created", "running"):
+            logs = container.logs().decode(errors="replace")
+            if "Address already in use" in logs:
+                raise PortTaken(port)
+            tail = " | ".join(logs.strip().splitlines()[-4:])
+            raise GpurigError(f"sandbox host {container.name} exited while booting: {tail}")
+        if container.status == "running" and _sshd_ready(container, port, init):
+            return
+        time.sleep(0.2)
+    raise GpurigError(
+        f"sshd in {container.name} did not answer on {LOOPBACK}:{port} within {timeout_s:.0f} s:"
+        f" see `docker logs {container.name}`"
+        + ("" if init == "none" else f" and `docker exec {container.name} journalctl -b`")
+    )
+
+
+def _sshd_ready(container: Container, port: int, init: str) -> bool:
+    if init == "none":  # sshd's own log says so, not just anyone on the port
+        logs: bytes = container.logs()
+        return f"Server listening on {LOOPBACK} port {port}".encode() in logs
+    # ssh.service is Type=notify: active means it listens. Before systemd is up this fails.
+    state: str = (
+        container.exec_run(["systemctl", "is-active", "ssh.service"]).output.decode().strip()
+    )
+    if state != "failed":
+        return state == "active"
+    journal = container.exec_run(["journalctl", "-b", "-u", "ssh.service", "-n", "20"])
+    text = journal.output.decode(errors="replace")
+    if "Address already in use" in text:
+        raise PortTaken(port)
+    tail = " | ".join(text.strip().splitlines()[-4:])
+    raise GpurigError(f"ssh.service failed in {container.name}: {tail}")
