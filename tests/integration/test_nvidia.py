@@ -59,6 +59,30 @@ def pyinfra(
     )
 
 
+def failing_playbook(fleet: SandboxFleet, reports: Path, **env: str) -> str:
+    """The Ansible front end on the fleet, which must fail; its output."""
+    argv = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(fleet.ansible_inventory),
+        "playbooks/gpu.yml",
+    ]
+    env = {
+        **fleet.env,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "GPURIG_REPORTS_DIR": str(reports),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **env,
+    }
+    run = subprocess.run(
+        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    return output
+
+
 def plan(fleet: SandboxFleet, stack: Path) -> dict[str, list[str]]:
     """Operation name -> the hosts it would change, from `pyinfra --dry --json`."""
     run = pyinfra(fleet, stack, "--dry", "--json")
@@ -148,24 +172,7 @@ def test_ansible_names_the_unreachable_repository_as_pyinfra_does(
     fleet = sandbox_fleet(
         os="bookworm", count=1, pretend_gpu="H100", pretend_secure_boot=True, name="nvidia-sb"
     )
-    env = {
-        **fleet.env,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "GPURIG_REPORTS_DIR": str(tmp_path),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    argv = [
-        str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i",
-        str(fleet.ansible_inventory),
-        "playbooks/gpu.yml",
-    ]
-    run = subprocess.run(
-        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output[-3000:]
+    output = failing_playbook(fleet, tmp_path)
     report = json.loads((tmp_path / f"{fleet.hosts[0].name}.json").read_text())
     (failure,) = report["failures"]
     assert "CUDA repository unreachable" in failure, failure
@@ -305,26 +312,10 @@ def test_ansible_ends_in_the_same_dkms_diagnosis(sandbox_fleet: Fleet, tmp_path:
     kernel = kernel.strip()
     stack = stack_file(tmp_path, DEBIAN_535)
     (tmp_path / "lock").mkdir()
-    env = {
-        **fleet.env,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "GPURIG_REPORTS_DIR": str(tmp_path / "reports"),
-        "GPURIG_STACK": str(stack),
-        "GPURIG_LOCK": str(made_up_lock(stack, tmp_path / "lock")),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    argv = [
-        str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i",
-        str(fleet.ansible_inventory),
-        "playbooks/gpu.yml",
-    ]
-    run = subprocess.run(
-        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    lock_dir = made_up_lock(stack, tmp_path / "lock")
+    output = failing_playbook(
+        fleet, tmp_path / "reports", GPURIG_STACK=str(stack), GPURIG_LOCK=str(lock_dir)
     )
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output[-3000:]
     report = json.loads((tmp_path / "reports" / f"{name}.json").read_text())
     (failure,) = report["failures"]
     assert f"DKMS build failed: no kernel headers for {kernel}" in failure, failure
