@@ -1,6 +1,7 @@
-"""Action plugin: one step of the plan's driver section, its failure named as pyinfra names it.
+"""Action plugin: one script step of the plan, its failure named as pyinfra names it.
 
-Runs the plan's script for the step (gpurig.plan.driver_scripts) on the host with become. The
+Runs the plan's script for the step (the driver's, gpurig.plan.driver_scripts, or the apt
+step's) on the host with become. The
 script prints `gpurig: unchanged` when the host needs nothing, so a converged host reports no
 change. When it fails, the GPU fact is read again and gpurig.diagnose names the failure (DKMS
 build failed, Secure Boot rejected the module, ...) with its fix, instead of dpkg's output;

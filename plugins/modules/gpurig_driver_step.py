@@ -6,10 +6,11 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: gpurig_driver_step
-short_description: Run one driver step of a gpurig host plan, its failure named
+short_description: Run one script step of a gpurig host plan, its failure named
 description:
-  - Runs a script from the host plan's driver section (C(ansible_facts.gpurig.driver.scripts))
-    on the host, with become. A script that prints C(gpurig: unchanged) reports no change.
+  - Runs a script from the host plan (the driver section's
+    C(ansible_facts.gpurig.driver.scripts), or the apt step's) on the host, with become.
+    A script that prints C(gpurig: unchanged) reports no change.
   - On failure, reads the host's GPU state again and fails with gpurig's named diagnoses and
     their fixes, as the pyinfra deploy does, instead of the raw output.
   - Runs nothing in check mode.

@@ -14,6 +14,7 @@ import pytest
 
 from gpurig.plan import converged
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step, WheelFile, Wheels
+from gpurig.plan.system import apt_script
 
 ME = pwd.getpwuid(os.getuid())
 OWNER = ME.pw_name
@@ -137,3 +138,18 @@ def test_hostile_paths_stay_arguments(tmp_path: Path) -> None:
     evil = File.text("s.file", "A file", f"{tmp_path}/x; touch {marker}", "a\n")
     assert run([evil]) == []
     assert not marker.exists()
+
+
+def test_the_apt_script_does_nothing_when_every_package_is_installed() -> None:
+    """The Ansible role's apt step (the plan's script), run for real on this machine's dpkg."""
+    done = subprocess.run(
+        ["/bin/sh", "-c", apt_script(["dpkg", "coreutils"])], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "gpurig: unchanged")
+    # Anything not installed, or pinned, goes to apt: the lists first, then the install.
+    for packages in (["dpkg", "no-such-package-xyz"], ["dpkg=1.0"]):
+        script = apt_script(packages)
+        check = script.splitlines()[0].replace("exit 0; fi", "exit 0; fi; echo would-install")
+        ran = subprocess.run(["/bin/sh", "-c", check], capture_output=True, text=True)
+        assert ran.stdout.strip() == "would-install", packages
+        assert " update && " in script.splitlines()[1]

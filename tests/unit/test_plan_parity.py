@@ -242,8 +242,10 @@ def ansible_order(built: HostPlan) -> list[str]:
         for task in _tasks(ROLES / role / "tasks" / "main.yml"):
             text = json.dumps(task)
             found = STEP.findall(text)
-            if "gpurig_driver_step" in task:
-                found = [f"driver.{a or b}" for a, b in SCRIPT.findall(text) if (a or b) in scripts]
+            if "gpurig_driver_step" in task:  # a driver script by name, or a step's own script
+                named = [a or b for a, b in SCRIPT.findall(text)]
+                driver = [f"driver.{name}" for name in named if name in scripts]
+                found = driver + found
             for step in found:
                 if (step in present or step.startswith("driver.")) and step not in order:
                     order.append(step)

@@ -60,6 +60,7 @@ class AptPackages(Step):
     kind: ClassVar[str] = "apt"
     packages: list[str] = field(default_factory=list)
     lock_timeout_s: int = 120
+    script: str = ""  # installs what is missing; prints `gpurig: unchanged` when nothing is
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,19 @@ def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -
     return f"{apt} update && {apt} install -y --no-install-recommends -- {names}"
 
 
+def apt_script(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
+    """The apt step as one script (the Ansible role runs it): nothing when every package is
+    installed; else the lists refreshed, then the install. A pinned version or an architecture
+    is never counted as installed: apt judges it."""
+    names = " ".join(shlex.quote(p) for p in packages)
+    status = "-f='${db:Status-Abbrev}\\n'"
+    installed = f"dpkg-query -W {status} -- {names} 2>/dev/null | grep -c '^ii'"
+    return (
+        f'if [ "$({installed})" -eq {len(packages)} ]; then echo "gpurig: unchanged"; exit 0; fi\n'
+        f"{apt_install(packages, lock_timeout_s)}"
+    )
+
+
 def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
     """ca_sha256: of the controller's CA bundle (network.ca_bundle), read by the caller."""
     out: list[Step] = []
@@ -113,12 +126,15 @@ def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
         )
     else:
         out.append(File.absent("system.apt_proxy", "No apt proxy", APT_PROXY_FILE))
+    packages = list(dict.fromkeys(["ca-certificates", *stack.apt_packages]))
+    timeout = APT_LOCK_TIMEOUT_S
     out.append(
         AptPackages(
             "system.apt",
             "Install apt packages",
-            packages=list(dict.fromkeys(["ca-certificates", *stack.apt_packages])),
-            lock_timeout_s=APT_LOCK_TIMEOUT_S,
+            packages=packages,
+            lock_timeout_s=timeout,
+            script=apt_script(packages, timeout),
         )
     )
     user = stack.host.user
