@@ -1,7 +1,7 @@
 """What the Ansible plugins do on the controller, as typed and tested Python.
 
 The preflight action plugin runs `probe_command()` on a host (the pyinfra deploy's own fact
-probes, in one round trip), then hands its output and the host's variables to `plan()`, which
+probes, in one round trip), then hands its output and the host's variables to `host_plan()`, which
 asks gpurig.controller for the host's plan (gpurig.plan), as the pyinfra deploy does. The roles
 only act on the returned plan, step by step, so both front ends write the same bytes to a host.
 Nothing here imports gpurig's pyinfra deploys or operations.
@@ -105,13 +105,6 @@ def host_plan(stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str
     ctl = controller(stack_file, lock_dir)
     probed = parse_probe(stdout)
     return ctl.host_plan(values, probed.facts, probed.gpu, probed.sources)
-
-
-def plan(
-    stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The host's plan as the data the roles act on (`converged` still empty)."""
-    return host_plan(stdout, stack_file, lock_dir, values).to_json()
 
 
 def converged_probe(planned: HostPlan) -> str | None:

@@ -73,7 +73,7 @@ def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wheel:
 
 
 def _plan(stdout: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    return ansible_bridge.plan(stdout, STACK, LOCK, values or {})
+    return ansible_bridge.host_plan(stdout, STACK, LOCK, values or {}).to_json()
 
 
 def test_the_probe_is_the_pyinfra_deploys() -> None:
