@@ -21,6 +21,7 @@ import yaml
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.facts import FactBase
+from pyinfra.context import ctx_host, ctx_state
 
 from gpurig import plan as host_plan
 from gpurig import spec
@@ -42,6 +43,12 @@ PLAYBOOK_ROLES = [
     "gpurig_smoke",
 ]
 H100 = pci_gpu("0000:3b:00.0", "2330")
+# An HGX H100 board: eight GPUs and four NVSwitches (10de:22a3, class 0680) on the PCI bus.
+HGX_GPUS = [
+    pci_gpu(f"0000:{bus:02x}:00.0", "2330")
+    for bus in (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
+]
+NVSWITCHES = [f"0000:{bus:02x}:00.0" for bus in (0x05, 0x06, 0x07, 0x08)]
 SOURCES = [
     {"type": "deb", "url": "http://deb.debian.org/debian", "distribution": codename,
      "components": ["main"], "options": {}}
@@ -121,6 +128,29 @@ FIXTURES = {
             packages={"nvidia-kernel-dkms": "470.256.02-1"},
         ),
     ),
+    # HGX: the driver from NVIDIA's CUDA repository and nvidia-fabricmanager-580 with it.
+    "hgx": Fixture("debian", "12", "3.11", _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES)),
+    "hgx-ubuntu": Fixture(
+        "ubuntu",
+        "24.04",
+        "3.12",
+        _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES, kernel="6.8.0-45-generic"),
+    ),
+    # A kept 535 driver on an HGX board: nvidia-fabricmanager-535, at the loaded version.
+    "hgx-driver-535": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            gpus=HGX_GPUS,
+            nvswitches=NVSWITCHES,
+            driver_version="535.261.03",
+            modules=["nvidia"],
+            module_version="535.261.03",
+            packages={"cuda-drivers-535": "535.261.03-1"},
+            smi_rc=0,
+        ),
+    ),
     "offline": Fixture(
         "debian", "12", "3.11", stack={"install": {"offline": True, "wheelhouse": "/srv/w"}}
     ),
@@ -139,7 +169,7 @@ def _stack(fixture: Fixture) -> spec.Stack:
     return spec.Stack.model_validate(data)
 
 
-def make_plan(fixture: Fixture, tmp_path: Path) -> HostPlan:
+def make_plan(fixture: Fixture, tmp_path: Path, refused: bool = False) -> HostPlan:
     stack = _stack(fixture)
     facts = HostFacts(
         fixture.os_id, fixture.os_version, "x86_64", fixture.python3, "2.36", 100.0, 64.0, True,
@@ -165,7 +195,7 @@ def make_plan(fixture: Fixture, tmp_path: Path) -> HostPlan:
         wheels=[WheelFile(wheel.path.name, str(wheel.path), wheel.sha256)],
     )
     built = host_plan.build(stack, facts, verdict, files, fixture.gpu, SOURCES, {})
-    assert built.ok, built.verdict.problems
+    assert built.ok != refused, built.verdict.problems
     return built
 
 
@@ -303,3 +333,76 @@ def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
     assert not on_535.driver.install
     assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
     assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]
+
+
+def _pyinfra_commands(built: HostPlan) -> dict[str, list[str]]:
+    """The GPU stage's operations on a fresh systemd host: name -> the commands each would run."""
+    inventory = Inventory((["host-1"], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host("host-1")
+    fresh = replace(_gpu_state(built), systemd=True)
+
+    def get_fact(cls: type[FactBase[Any]], *args: Any, **kwargs: Any) -> Any:
+        return fresh if cls.__name__ == "GpuHost" else cls.default()
+
+    host.get_fact = get_fact  # type: ignore[method-assign]
+    setattr(host.data, PLAN_KEY, built)
+    state.activate_host(host)
+    add_deploy(state, nvidia_stage.nvidia_driver, built)
+    commands = {}
+    for op_hash in state.get_op_order():
+        name = sorted(state.op_meta[op_hash].names)[0].split(" | ", 1)[1]
+        generator = state.get_op_data_for_host(host, op_hash).command_generator
+        with ctx_state.use(state), ctx_host.use(host):
+            commands[name] = [str(getattr(c, "value", c)) for c in generator()]
+    return commands
+
+
+@pytest.mark.parametrize(
+    ("name", "branch"), [("hgx", 580), ("hgx-ubuntu", 580), ("hgx-driver-535", 535)]
+)
+def test_an_hgx_host_gets_the_fabric_manager_at_the_drivers_version_held_with_it(
+    name: str, branch: int, tmp_path: Path
+) -> None:
+    built = make_plan(FIXTURES[name], tmp_path)
+    package = f"nvidia-fabricmanager-{branch}"
+    driver = built.to_json()["driver"]
+    assert driver["fabric"]["package"] == package
+    assert driver["fabric"]["nvswitches"] == 4
+    assert package in driver["driver_packages"]  # the drift lock's list, for both front ends
+    install = driver["scripts"]["fabric_install"]
+    assert f'"{package}=$version"' in install  # a pinned version, never the newest
+    assert "apt-cache madison" in install
+    # pyinfra: the same script, then apt-mark hold with the driver's packages.
+    ops = _pyinfra_commands(built)
+    assert ops["Install the fabric manager at the driver's version"] == [install]
+    assert "systemctl start nvidia-fabricmanager" in "".join(
+        ops["Start the fabric manager (nvidia-fabricmanager)"]
+    )
+    hold = ops["Hold the NVIDIA driver packages"]
+    assert len(hold) == 1
+    assert hold[0].startswith("apt-mark hold ")
+    assert package in hold[0].split()
+    # Ansible: the lock holds every driver_packages entry; fabric.yml runs the two scripts.
+    lock = yaml.safe_load((ROLES / "gpurig_nvidia/tasks/lock.yml").read_text())
+    assert lock[0]["loop"] == "{{ ansible_facts.gpurig.driver.driver_packages }}"
+    order = ansible_order(built)
+    assert order.index("driver.fabric_service") == order.index("driver.fabric_install") + 1
+
+
+def test_a_host_without_nvswitches_gets_no_fabric_manager(tmp_path: Path) -> None:
+    built = make_plan(FIXTURES["h100"], tmp_path)
+    assert built.driver is not None
+    assert built.driver.fabric is None
+    assert "fabric_install" not in host_plan.driver_scripts.scripts(built.driver)
+
+
+def test_debians_own_driver_on_an_hgx_board_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Debian packages no fabric manager: the plan refuses and names the branch to choose."""
+    hgx = _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES)
+    built = make_plan(replace(FIXTURES["h100-debian-535"], gpu=hgx), tmp_path, refused=True)
+    (problem,) = built.verdict.problems
+    assert "4 NVSwitch devices" in problem
+    assert "Debian's own 535 driver has no fabric manager package" in problem
+    assert "set nvidia.driver_branch to a branch from NVIDIA's CUDA repository" in problem
+    assert built.driver is None

@@ -22,6 +22,7 @@ from pyinfra.context import host
 from gpurig.deploys import host_plan
 from gpurig.facts import gpu
 from gpurig.operations import driver as ops
+from gpurig.operations import fabric as fabric_ops
 from gpurig.plan import driver_scripts
 from gpurig.plan.driver import CUDA_KEY_FINGERPRINT
 
@@ -112,6 +113,17 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         context=context,
         verdict=verdict,
     )
+    if driver.fabric:  # HGX boards: CUDA starts only once the fabric manager runs
+        fabric_ops.fabric_manager(
+            name=name["fabric_install"],
+            fabric=driver.fabric,
+            context=context,
+            verdict=verdict,
+            **_SUDO,
+        )
+        fabric_ops.fabric_service(
+            name=name["fabric_service"], context=context, verdict=verdict, **_SUDO
+        )
     # Drift lock: the packages that make up the driver, and the kernel metas a DKMS module follows.
     ops.hold(
         name="Hold the NVIDIA driver packages" if driver.hold else "Release driver holds",

@@ -18,6 +18,7 @@ from gpurig.diagnose.names import (
     DKMS_FAILED,
     DPKG_LOCKED,
     ENROLL_MOK,
+    FABRIC_MANAGER,
     FELL_OFF_BUS,
     MODULE_MISSING,
     NO_DEVICE,
@@ -49,6 +50,7 @@ __all__ = [
     "DKMS_MOK",
     "DPKG_LOCKED",
     "ENROLL_MOK",
+    "FABRIC_MANAGER",
     "FELL_OFF_BUS",
     "MODULE_MISSING",
     "NOT_LOADED",
@@ -90,6 +92,7 @@ PRIORITY = (
     FELL_OFF_BUS,
     NO_DEVICE,
     NOT_LOADED,
+    FABRIC_MANAGER,
     TOO_OLD,
     UNRECOGNISED,
 )

@@ -23,6 +23,7 @@ NO_DEVICE = "nvidia-smi present but no device visible"
 NOT_LOADED = "driver not loaded"
 TOO_OLD = "driver too old for the wheel"
 UNRECOGNISED = "unrecognised failure"
+FABRIC_MANAGER = "fabric manager not running"  # HGX boards: CUDA waits for it
 
 ENROLL_MOK = (
     f"enroll the DKMS MOK (mokutil --import {DKMS_MOK}) and reboot; confirm the key in the "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gpurig.diagnose.names import (
     DKMS_FAILED,
     DPKG_LOCKED,
+    FABRIC_MANAGER,
     FELL_OFF_BUS,
     MODULE_MISSING,
     NO_DEVICE,
@@ -39,6 +40,14 @@ TOO_OLD_MESSAGE = "torch's CUDA runtime is newer than the driver"
 TOO_OLD_FIX = (
     "choose an older CUDA variant in torch.variants, or raise nvidia.driver_branch "
     "(`gpurig preflight` names both)"
+)
+
+
+FABRIC_FIX = (
+    "`journalctl -u nvidia-fabricmanager` says why: its version must be the driver's exactly "
+    "(`dpkg -l 'nvidia-fabricmanager*'` against `modinfo -F version nvidia`; gpurig installs the "
+    'match), and every NVSwitch must be visible (`lspci -nd 10de: | grep -c " 0680:"` on an HGX '
+    "board: 4 on H100/H200); a host without the GPUs (a test VM, a container) cannot start it"
 )
 
 
@@ -268,6 +277,27 @@ SIGNATURES = (
             "`sudo modprobe nvidia` shows why; usually the kernel was upgraded and the module not "
             "rebuilt (install its headers, `dkms autoinstall`) or the host needs a reboot"
         ),
+    ),
+    Signature(
+        PACKAGE_MISSING,
+        re.compile(r"gpurig: no (\S+) at driver version (\S+)"),
+        lambda m, text, c: f"apt has no {m[1]} at version {m[2]}, the driver's",
+        _fix(
+            "the fabric manager must match the driver exactly: apt update, or move the driver "
+            "and fabric manager together to a version the repository has (re-run gpurig)"
+        ),
+    ),
+    Signature(
+        FABRIC_MANAGER,
+        re.compile(
+            r"gpurig: nvidia-fabricmanager is not running \(systemctl is-active: (\S*)\)"
+            r"|Job for nvidia-fabricmanager\.service failed"
+        ),
+        lambda m, text, c: (
+            "nvidia-fabricmanager did not start, so CUDA cannot initialise on this board's "
+            f"NVSwitches{f' (systemctl is-active: {m[1]})' if m[1] else ''}"
+        ),
+        _fix(FABRIC_FIX),
     ),
     Signature(
         TOO_OLD,

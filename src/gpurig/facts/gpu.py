@@ -34,6 +34,13 @@ __all__ = [
 ]
 
 NVIDIA_VENDOR = "10de"
+# NVSwitch: an NVIDIA function of PCI class 0680 ("Bridge: other"). The ids, from NVIDIA's
+# open-gpu-kernel-modules (src/common/nvswitch/kernel/nvswitch.c, nvswitch_lr10_device_ids and
+# nvswitch_ls10_device_ids): 1ae8 and 1af0-1aff on A100 HGX boards (LR10), 22a0-22a7 on H100/H200
+# boards (LS10; HGX H100 shows four 10de:22a3, and the driver logs "nvidia-nvswitch: Probing
+# device ..., Device Id = 0x22a3, Class = 0x68000"). The class is the test, so ids not listed
+# there yet still count.
+NVSWITCH_CLASS = "0680"
 # /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  ..."
 # or, for the open modules, "NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  ...".
 DRIVER_VERSION = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)")
@@ -101,6 +108,7 @@ echo @@init
 if [ -d /run/systemd/system ]; then
   echo systemd
   echo "persistenced=$(systemctl is-active nvidia-persistenced 2>/dev/null),$(systemctl is-enabled nvidia-persistenced 2>/dev/null)"
+  echo "fabricmanager=$(systemctl is-active nvidia-fabricmanager 2>/dev/null),$(systemctl is-enabled nvidia-fabricmanager 2>/dev/null)"
 fi
 if [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then echo container
 elif command -v systemd-detect-virt >/dev/null 2>&1 && systemd-detect-virt -cq; then echo container
@@ -135,6 +143,19 @@ def parse_pci(lines: list[str]) -> list[tuple[str, str]]:
             continue
         if fields[1].startswith("03"):
             found.append((fields[0].lower(), fields[3].lower()))
+    return found
+
+
+def parse_nvswitches(lines: list[str]) -> list[str]:
+    """Slots of the NVSwitch devices (NVIDIA, class 0680) in `lspci -Dnmm` lines."""
+    found = []
+    for line in lines:
+        try:
+            fields = [f for f in shlex.split(line) if not f.startswith("-")]
+        except ValueError:
+            continue
+        if len(fields) >= 4 and fields[2].lower() == NVIDIA_VENDOR and fields[1] == NVSWITCH_CLASS:
+            found.append(fields[0].lower())
     return found
 
 
@@ -223,6 +244,8 @@ def parse(output: list[str]) -> GpuState:
             files[path.strip()] = digest.strip()
     persistenced = next((ln[13:] for ln in init if ln.startswith("persistenced=")), ",")
     active, _, enabled = persistenced.partition(",")
+    fabric = next((ln[14:] for ln in init if ln.startswith("fabricmanager=")), ",")
+    fabric_active, _, fabric_enabled = fabric.partition(",")
     return GpuState(
         gpus=gpus,
         pci_source=source,
@@ -245,6 +268,8 @@ def parse(output: list[str]) -> GpuState:
         systemd="systemd" in init,
         container="container" in init,
         persistenced=(active, enabled),
+        nvswitches=parse_nvswitches(pci),
+        fabricmanager=(fabric_active, fabric_enabled),
     )
 
 

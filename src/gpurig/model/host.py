@@ -126,6 +126,7 @@ class HostFacts:
     kernel_log: list[str] = field(default_factory=list)  # dmesg lines about the driver
     dkms: list[str] = field(default_factory=list)  # `dkms status` lines
     dkms_mok_enrolled: bool | None = None  # None: no DKMS signing key yet
+    nvswitches: int = 0  # NVSwitch devices on the PCI bus: an HGX/DGX board (fabric manager)
 
     @property
     def os_name(self) -> str:
@@ -165,6 +166,10 @@ class GpuState:
     systemd: bool = False
     container: bool = False
     persistenced: tuple[str, str] = ("", "")  # systemctl is-active, is-enabled
+    # HGX/DGX baseboards: NVSwitch devices on the PCI bus (slots), and the fabric manager that
+    # CUDA needs on them (systemctl is-active, is-enabled of nvidia-fabricmanager).
+    nvswitches: list[str] = field(default_factory=list)
+    fabricmanager: tuple[str, str] = ("", "")
 
     @property
     def nouveau_loaded(self) -> bool:
@@ -206,4 +211,5 @@ def apply(facts: HostFacts, state: GpuState) -> HostFacts:
         kernel_log=state.kernel_log,
         dkms=state.dkms,
         dkms_mok_enrolled=state.dkms_mok_enrolled,
+        nvswitches=len(state.nvswitches),
     )

@@ -23,6 +23,7 @@ from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
 from gpurig.plan import driver_scripts, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
+from gpurig.plan.fabric import with_fabric
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
@@ -152,8 +153,9 @@ def build(
         return result
     if facts.gpus:
         try:
-            result.driver = driver_section(
-                stack, facts, gpu or GpuState(), verdict, apt_sources, values
+            state = gpu or GpuState()
+            result.driver = with_fabric(
+                driver_section(stack, facts, state, verdict, apt_sources, values), state
             )
         except GpurigError as error:
             verdict.problems.append(str(error))

@@ -28,6 +28,7 @@ from gpurig.plan.system import apt_get
 from gpurig.spec import Nvidia, Stack
 
 if TYPE_CHECKING:
+    from gpurig.plan.fabric import Fabric
     from gpurig.preflight import Verdict
 
 # The archive's one driver branch per Debian release (bookworm 535.x, trixie 550.x).
@@ -317,6 +318,7 @@ class Driver:
     allow_reboot: bool
     can_reboot: bool  # a machine of its own under systemd (a container cannot)
     reboot_timeout_s: int = REBOOT_TIMEOUT_S
+    fabric: Fabric | None = None  # HGX boards: gpurig.plan.fabric.with_fabric fills it
 
 
 def _flag(values: Mapping[str, Any], key: str, fallback: bool) -> bool:

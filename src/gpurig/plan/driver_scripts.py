@@ -14,6 +14,7 @@ from typing import Any
 
 from gpurig.diagnose import DKMS_MOK
 from gpurig.hostlayout import NONFREE_LIST, NOUVEAU_CONF, PERSISTENCED_DROPIN, UNATTENDED_CONF
+from gpurig.plan import fabric
 from gpurig.plan.driver import CUDA_KEYRING, UNCHANGED, Driver, logged
 from gpurig.plan.system import apt_get
 
@@ -139,9 +140,19 @@ def scripts(driver: Driver) -> dict[str, str]:
         out["load"] = load()
     out["reboot_check"] = reboot_check()
     out["smi_check"] = smi_check(driver.gpus)
+    if driver.fabric:
+        out |= fabric_scripts(driver.fabric)
     if driver.toolkit:
         out["toolkit"] = install(driver.toolkit, "cuda-toolkit")
     return out
+
+
+def fabric_scripts(target: fabric.Fabric) -> dict[str, str]:
+    """HGX boards: the fabric manager at the driver's version, then its service."""
+    return {
+        "fabric_install": fabric.install_script(target),
+        "fabric_service": fabric.service_script(),
+    }
 
 
 def names(driver: Driver) -> dict[str, str]:
@@ -156,6 +167,8 @@ def names(driver: Driver) -> dict[str, str]:
         "reboot_check": "Reboot into the NVIDIA driver if an old module holds the GPU",
         "smi_check": "Check nvidia-smi sees every GPU",
         "toolkit": f"Install nvcc: {driver.toolkit_source}",
+        "fabric_install": "Install the fabric manager at the driver's version",
+        "fabric_service": "Start the fabric manager (nvidia-fabricmanager)",
     }
 
 
