@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bloomkit import gpu, peaks
+from bloomkit import fabric, gpu, peaks
 from bloomkit import stages as stages_runner
 from bloomkit.config import TINY, SmokeArgs
 from bloomkit.paths import check_output_file
@@ -60,6 +60,9 @@ def stage_cuda(ctx: SmokeContext, result: StageResult) -> None:
     usable, why = cuda_status()
     if not usable:
         message = f"no usable CUDA device: {why}"
+        fabric_manager = fabric.diagnosis(why)
+        if fabric_manager:  # an HGX board whose NVSwitches nothing has set up
+            message = f"{fabric_manager} ({why})"
         present = [g for g in ctx.env.get("gpus", []) if not g.get("visible_to_torch", True)]
         if present:
             message += f" ({len(present)} NVIDIA GPU(s) present)"
@@ -234,7 +237,7 @@ def stage_nccl(ctx: SmokeContext, result: StageResult) -> None:
             raise Fail(
                 f"all-reduce bus bandwidth {figures['busbw_gbs']} GB/s < "
                 f"{peaks.BUSBW_FRACTION:.0%} of {peak.sku}'s NVLink {peak.nvlink_gbs} GB/s "
-                "(nvidia-smi topo -m; is the fabric manager running?)"
+                f"({fabric.nvlink_hint()})"
             )
     else:
         summary += " (no threshold for this board)"
