@@ -198,3 +198,25 @@ def test_the_script_finds_the_sandbox_gpu_double(tmp_path: Path) -> None:
     assert [(g.slot, g.name, g.compute_capability) for g in state.gpus] == [
         (doubles.GPU_SLOT, "NVIDIA L40S", "8.9")
     ]
+
+
+@pytest.mark.parametrize("shape", ["HGX-H100", "HGX-H100-535", "H100-535"])
+def test_the_script_reads_the_sandbox_shapes_as_fact_lines_says(tmp_path: Path, shape: str) -> None:
+    """The pretend HGX board and the loaded-535 stand-in, run as a sandbox host runs them: the
+    GPU fact reads what `doubles.fact_lines` (the plan tests' fixtures) says it reads."""
+    sku = doubles.resolve_sku(shape)
+    for name, (mode, text) in doubles.host_files(shape, False).items():
+        if name.startswith("/usr/local/bin/"):
+            path = tmp_path / Path(name).name
+            path.write_text(text)
+            path.chmod(mode)
+    state = _run_script(f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    expected = parse(doubles.fact_lines(sku))
+    assert state.gpus == expected.gpus
+    assert len(state.gpus) == sku.gpus
+    assert state.nvswitches == expected.nvswitches
+    assert len(state.nvswitches) == sku.nvswitches
+    assert state.smi_gpus == expected.smi_gpus
+    if sku.driver:  # no /proc/driver/nvidia here: the version comes from nvidia-smi
+        assert state.driver_version == expected.driver_version == "535.261.03"
+        assert [g.bus_id for g in state.smi_gpus] == [g.slot for g in state.gpus]

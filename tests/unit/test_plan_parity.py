@@ -28,10 +28,12 @@ from gpurig import spec
 from gpurig.bloomkit_wheel import Wheel
 from gpurig.deploys import PLAN_KEY, stages, verify
 from gpurig.deploys import nvidia as nvidia_stage
+from gpurig.facts.gpu import parse as parse_gpu_fact
 from gpurig.lock import load as load_lock
 from gpurig.model.host import GpuState, HostFacts, pci_gpu
 from gpurig.plan import ControllerFiles, HostPlan
 from gpurig.plan.steps import WheelFile
+from gpurig.sandbox import doubles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLES = REPO_ROOT / "roles"
@@ -43,12 +45,6 @@ PLAYBOOK_ROLES = [
     "gpurig_smoke",
 ]
 H100 = pci_gpu("0000:3b:00.0", "2330")
-# An HGX H100 board: eight GPUs and four NVSwitches (10de:22a3, class 0680) on the PCI bus.
-HGX_GPUS = [
-    pci_gpu(f"0000:{bus:02x}:00.0", "2330")
-    for bus in (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
-]
-NVSWITCHES = [f"0000:{bus:02x}:00.0" for bus in (0x05, 0x06, 0x07, 0x08)]
 SOURCES = [
     {"type": "deb", "url": "http://deb.debian.org/debian", "distribution": codename,
      "components": ["main"], "options": {}}
@@ -68,6 +64,14 @@ class Fixture:
 def _gpu(**fields: Any) -> GpuState:
     base = GpuState(gpus=[H100], kernel="6.1.0-25-cloud-amd64", systemd=True, secure_boot=False)
     return replace(base, **fields)
+
+
+def _shape(sku: str, **fields: Any) -> GpuState:
+    """What the GPU fact reads on a pretend-GPU sandbox host of this shape (gpurig.sandbox
+    .doubles: HGX-H100 has eight GPUs and four NVSwitches; *-535 a loaded 535 driver)."""
+    read = parse_gpu_fact(doubles.fact_lines(doubles.resolve_sku(sku)))
+    base = {"kernel": "6.1.0-25-cloud-amd64", "systemd": True, "secure_boot": False}
+    return replace(read, **(base | fields))
 
 
 FIXTURES = {
@@ -128,29 +132,12 @@ FIXTURES = {
             packages={"nvidia-kernel-dkms": "470.256.02-1"},
         ),
     ),
-    # HGX: the driver from NVIDIA's CUDA repository and nvidia-fabricmanager-580 with it.
-    "hgx": Fixture("debian", "12", "3.11", _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES)),
-    "hgx-ubuntu": Fixture(
-        "ubuntu",
-        "24.04",
-        "3.12",
-        _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES, kernel="6.8.0-45-generic"),
-    ),
-    # A kept 535 driver on an HGX board: nvidia-fabricmanager-535, at the loaded version.
-    "hgx-driver-535": Fixture(
-        "debian",
-        "12",
-        "3.11",
-        _gpu(
-            gpus=HGX_GPUS,
-            nvswitches=NVSWITCHES,
-            driver_version="535.261.03",
-            modules=["nvidia"],
-            module_version="535.261.03",
-            packages={"cuda-drivers-535": "535.261.03-1"},
-            smi_rc=0,
-        ),
-    ),
+    # The sandbox's shapes. HGX: the driver from NVIDIA's CUDA repository and
+    # nvidia-fabricmanager-580 with it; with 535 loaded: kept, and nvidia-fabricmanager-535.
+    "hgx": Fixture("debian", "12", "3.11", _shape("HGX-H100")),
+    "hgx-ubuntu": Fixture("ubuntu", "24.04", "3.12", _shape("HGX-H100", kernel="6.8.0-45-generic")),
+    "hgx-driver-535": Fixture("debian", "12", "3.11", _shape("HGX-H100-535")),
+    "h100-535-shape": Fixture("debian", "12", "3.11", _shape("H100-535")),
     "offline": Fixture(
         "debian", "12", "3.11", stack={"install": {"offline": True, "wheelhouse": "/srv/w"}}
     ),
@@ -397,9 +384,21 @@ def test_a_host_without_nvswitches_gets_no_fabric_manager(tmp_path: Path) -> Non
     assert "fabric_install" not in host_plan.driver_scripts.scripts(built.driver)
 
 
+def test_the_535_shape_keeps_its_driver_and_runs_cuda_12(tmp_path: Path) -> None:
+    """The sandbox's H100-535 host, as the GPU fact reads it: driver 535 kept, cu128 chosen,
+    nothing installed, the driver checked; the same steps on both front ends (above)."""
+    built = make_plan(FIXTURES["h100-535-shape"], tmp_path)
+    assert built.facts.driver_version == doubles.DRIVER_535
+    assert built.verdict.target is not None
+    assert built.verdict.target.name == "cu128-cp311"
+    assert built.driver is not None
+    assert not built.driver.install
+    assert list(host_plan.driver_scripts.scripts(built.driver)) == ["reboot_check", "smi_check"]
+
+
 def test_debians_own_driver_on_an_hgx_board_is_refused_with_the_fix(tmp_path: Path) -> None:
     """Debian packages no fabric manager: the plan refuses and names the branch to choose."""
-    hgx = _gpu(gpus=HGX_GPUS, nvswitches=NVSWITCHES)
+    hgx = _shape("HGX-H100")
     built = make_plan(replace(FIXTURES["h100-debian-535"], gpu=hgx), tmp_path, refused=True)
     (problem,) = built.verdict.problems
     assert "4 NVSwitch devices" in problem

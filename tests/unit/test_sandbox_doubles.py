@@ -19,6 +19,9 @@ EXPECTED_IDS = {
     "L40S": ("0302", "26b9"),
     "A10": ("0302", "2236"),
     "RTX4090": ("0300", "2684"),
+    "HGX-H100": ("0302", "2330"),
+    "H100-535": ("0302", "2330"),
+    "HGX-H100-535": ("0302", "2330"),
 }
 
 
@@ -79,3 +82,26 @@ def test_mokutil_says_secure_boot_is_on(tmp_path: Path) -> None:
     script.chmod(0o755)
     result = subprocess.run([str(script), "--sb-state"], capture_output=True, text=True, check=True)
     assert result.stdout == "SecureBoot enabled\n"
+
+
+def test_the_hgx_shape_has_eight_gpus_and_four_nvswitches(tmp_path: Path) -> None:
+    lines = run_lspci(tmp_path, "hgx-h100", "-Dnmm", "-d", "10de:")
+    assert len(lines) == 12
+    assert sum('"0302" "10de" "2330"' in line for line in lines) == 8
+    assert lines[-4:] == [f'0000:00:{n}.0 "0680" "10de" "22a3" -ra1 "10de" "1796"'
+                          for n in (10, 11, 12, 13)]  # fmt: skip
+    assert "nvswitches=4" in doubles.marker_text(doubles.resolve_sku("HGX-H100"))
+
+
+def test_the_535_shapes_answer_nvidia_smi_as_a_loaded_535_driver(tmp_path: Path) -> None:
+    files = doubles.host_files("HGX-H100-535", False)
+    assert doubles.host_files("HGX-H100", False).keys() == {doubles.LSPCI_PATH, doubles.MARKER_PATH}
+    mode, text = files[doubles.NVIDIA_SMI_PATH]
+    script = tmp_path / "nvidia-smi"
+    script.write_text(text)
+    script.chmod(mode)
+    query = [str(script), "--query-gpu=index,driver_version,memory.total,power.limit",
+             "--format=csv,noheader,nounits"]  # fmt: skip
+    rows = subprocess.run(query, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert rows[0] == "0, 535.261.03, 81559, [N/A]"
+    assert len(rows) == 8

@@ -134,6 +134,8 @@ def _summary(result: dict[str, Any]) -> str:
             label = f"{gpu['name']} (sm_{cc.replace('.', '')})" if cc else gpu["name"]
             kinds[label] = kinds.get(label, 0) + 1
         parts.append(", ".join(f"{n}x {k}" if n > 1 else k for k, n in kinds.items()))
+        if facts.get("nvswitches"):
+            parts.append(f"{facts['nvswitches']} NVSwitch")
         driver = facts.get("driver_version")
         parts.append(f"driver {driver}" if driver else "no driver loaded")
     else:

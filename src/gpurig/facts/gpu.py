@@ -189,6 +189,13 @@ def parse_smi(lines: list[str]) -> tuple[int | None, str, list[SmiGpu]]:
     return rc, "\n".join(body), gpus
 
 
+def _smi_driver(gpus: list[SmiGpu]) -> str | None:
+    """The driver nvidia-smi reports, where /proc does not show the module: nvidia-smi answers
+    only through a loaded module, so this is the loaded version too (bloomkit's env reads it
+    the same way; the sandbox's loaded-driver shapes are such hosts)."""
+    return gpus[0].driver_version if gpus else None
+
+
 def parse_secure_boot(lines: list[str]) -> bool | None:
     text = " ".join(lines).lower()
     if "secureboot enabled" in text or re.search(r"efivar=1\b", text):
@@ -249,7 +256,7 @@ def parse(output: list[str]) -> GpuState:
     return GpuState(
         gpus=gpus,
         pci_source=source,
-        driver_version=parse_driver(sections.get("driver", [])),
+        driver_version=parse_driver(sections.get("driver", [])) or _smi_driver(smi_gpus),
         smi_rc=smi_rc,
         smi_output=smi_output,
         smi_gpus=smi_gpus,

@@ -157,6 +157,8 @@ def build(
             result.driver = with_fabric(
                 driver_section(stack, facts, state, verdict, apt_sources, values), state
             )
+            if result.driver.fabric:
+                verdict.notes.append(f"HGX board: installs {result.driver.fabric.describe()}")
         except GpurigError as error:
             verdict.problems.append(str(error))
             return result

@@ -45,7 +45,10 @@ class Fabric:
 
     def describe(self) -> str:
         where = "Ubuntu's archive" if self.source == "ubuntu" else "NVIDIA's CUDA repository"
-        return f"{self.package} from {where}, at the driver's version"
+        return (
+            f"{self.package} from {where} for its {self.nvswitches} NVSwitches, at the driver's "
+            "version"
+        )
 
 
 def kept_branch(state: GpuState) -> int | None:

@@ -4,6 +4,12 @@ A sandbox host started with `--pretend-gpu SKU` gets a fake `/usr/local/bin/lspc
 PATH, ahead of pciutils') that prints what `lspci -Dnmm` prints on a cloud VM with that GPU,
 and a marker file; `--pretend-secure-boot` adds a fake `mokutil`. Facts that detect GPUs should
 parse `lspci -Dnmm`: the double prints that format whatever the flags, honouring only `-d`.
+
+Besides single GPUs, shapes of fleet machines: an HGX H100 board (eight GPUs and four NVSwitches
+on the bus), and hosts whose 535 driver is loaded. A container cannot load a kernel module, so
+the loaded driver is a stand-in `/usr/local/bin/nvidia-smi` that answers `--query-gpu` as the
+real one does there (gpurig's GPU fact and bloomkit's env take the driver version from
+nvidia-smi where /proc/driver/nvidia does not show it).
 """
 
 from __future__ import annotations
@@ -11,12 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpurig.errors import UsageError
+from gpurig.model.host import pci_gpu
 
 NVIDIA = "10de"
 LSPCI_PATH = "/usr/local/bin/lspci"
+NVIDIA_SMI_PATH = "/usr/local/bin/nvidia-smi"
 MOKUTIL_PATH = "/usr/local/bin/mokutil"
 MARKER_PATH = "/etc/gpurig-pretend-gpu"
 GPU_SLOT = "0000:00:05.0"
+# HGX H100's NVSwitch (LS10) as the host sees it: 10de:22a3, class 0680 (see gpurig.facts.gpu).
+NVSWITCH = '"0680" "10de" "22a3" -ra1 "10de" "1796"'
+DRIVER_535 = "535.261.03"  # Debian 12's nvidia-driver 535 (bookworm)
 
 # What a KVM cloud VM shows besides the GPU: 440FX host bridge, PIIX3 ISA bridge, virtio-net.
 _VM_DEVICES = (
@@ -33,14 +44,25 @@ class GpuSku:
     device: str  # PCI device id under vendor 10de
     pci_class: str  # 0302 3D controller (datacenter), 0300 VGA (GeForce)
     subsystem: str  # board subsystem id; illustrative, match on vendor:device
+    gpus: int = 1
+    nvswitches: int = 0  # HGX/DGX baseboards
+    driver: str | None = None  # a loaded driver, as the nvidia-smi stand-in reports it
 
     @property
     def pci_id(self) -> str:
         return f"{NVIDIA}:{self.device}"
 
+    def slots(self) -> list[str]:
+        """The GPUs' PCI slots: 0000:00:05.0, then one device number up for each."""
+        return [f"0000:00:{5 + i:02x}.0" for i in range(self.gpus)]
+
     def lspci_line(self) -> str:
+        return self.lspci_lines()[0]
+
+    def lspci_lines(self) -> list[str]:
         ids = f'"{self.pci_class}" "{NVIDIA}" "{self.device}" -ra1 "{NVIDIA}" "{self.subsystem}"'
-        return f"{GPU_SLOT} {ids}"
+        switches = [f"0000:00:{0x10 + i:02x}.0 {NVSWITCH}" for i in range(self.nvswitches)]
+        return [f"{slot} {ids}" for slot in self.slots()] + switches
 
 
 GPU_SKUS: dict[str, GpuSku] = {
@@ -54,8 +76,15 @@ GPU_SKUS: dict[str, GpuSku] = {
         GpuSku("L40S", "L40S 48GB", "26b9", "0302", "1851"),
         GpuSku("A10", "A10 24GB", "2236", "0302", "1482"),
         GpuSku("RTX4090", "GeForce RTX 4090 24GB", "2684", "0300", "167c"),
+        # Shapes of fleet machines.
+        GpuSku("HGX-H100", "HGX H100 board: 8x H100 SXM5 80GB, 4 NVSwitch", "2330", "0302",
+               "16c1", gpus=8, nvswitches=4),
+        GpuSku("H100-535", "H100 SXM5 80GB, driver 535 loaded", "2330", "0302", "16c1",
+               driver=DRIVER_535),
+        GpuSku("HGX-H100-535", "HGX H100 board, driver 535 loaded", "2330", "0302", "16c1",
+               gpus=8, nvswitches=4, driver=DRIVER_535),
     )
-}
+}  # fmt: skip
 _ALIASES = {"H100-SXM": "H100", "H100SXM": "H100", "H100PCIE": "H100-PCIE", "RTX-4090": "RTX4090"}
 
 
@@ -69,8 +98,8 @@ def resolve_sku(name: str) -> GpuSku:
 
 
 def lspci_output(sku: GpuSku) -> str:
-    """What `lspci -Dnmm` prints on a cloud VM with one such GPU."""
-    return "\n".join([*_VM_DEVICES, sku.lspci_line()]) + "\n"
+    """What `lspci -Dnmm` prints on a cloud VM (or board) with this SKU's GPUs and switches."""
+    return "\n".join([*_VM_DEVICES, *sku.lspci_lines()]) + "\n"
 
 
 def lspci_script(sku: GpuSku) -> str:
@@ -98,7 +127,59 @@ done <<'EOF'
 
 
 def marker_text(sku: GpuSku) -> str:
-    return f"sku={sku.name}\npci_id={sku.pci_id}\ndescription={sku.description}\n"
+    shape = f"gpus={sku.gpus}\nnvswitches={sku.nvswitches}\n" if sku.gpus > 1 else ""
+    driver = f"driver={sku.driver}\n" if sku.driver else ""
+    return f"sku={sku.name}\npci_id={sku.pci_id}\ndescription={sku.description}\n{shape}{driver}"
+
+
+def _smi_rows(sku: GpuSku) -> list[tuple[str, ...]]:
+    """Per GPU: bus id as nvidia-smi writes it, index, name, driver, compute capability,
+    memory (MiB), uuid."""
+    known = pci_gpu(GPU_SLOT, sku.device)
+    return [
+        (f"{int(slot[:4], 16):08X}:{slot[5:].upper()}", str(i), known.name, str(sku.driver),
+         str(known.compute_capability), "81559", f"GPU-{i:08x}-0000-0000-0000-000000000000")
+        for i, slot in enumerate(sku.slots())
+    ]  # fmt: skip
+
+
+def fact_lines(sku: GpuSku) -> list[str]:
+    """The GPU fact's PCI and nvidia-smi sections (gpurig.facts.gpu) on a host of this shape,
+    for plan tests that need no container; a unit test holds them to the running doubles."""
+    lines = ["@@pci", "lspci", *lspci_output(sku).splitlines()]
+    if sku.driver:
+        smi = [
+            ", ".join((bus, name, driver, cc)) for bus, _, name, driver, cc, *_ in _smi_rows(sku)
+        ]
+        lines += ["@@smi", "rc=0", *smi]
+    return lines
+
+
+def nvidia_smi_script(sku: GpuSku) -> str:
+    """nvidia-smi on a host with these GPUs and the SKU's driver loaded: `--query-gpu=F,...` rows
+    (the fields gpurig and bloomkit ask for; [N/A] for others), else a one-line summary."""
+    rows = "\n".join("|".join(row) for row in _smi_rows(sku))
+    return f"""#!/bin/sh
+# gpurig sandbox test double: {sku.description}; nvidia-smi as that loaded driver answers.
+query=""
+for arg in "$@"; do case "$arg" in --query-gpu=*) query="${{arg#--query-gpu=}}" ;; esac; done
+if [ -z "$query" ]; then
+  echo "NVIDIA-SMI {sku.driver}  Driver Version: {sku.driver}  ({sku.gpus} GPU)"; exit 0
+fi
+while IFS='|' read -r bus index name driver cc memory uuid; do
+  out=""
+  for field in $(echo "$query" | tr , ' '); do
+    case "$field" in
+      pci.bus_id) v=$bus ;; index) v=$index ;; name) v=$name ;; driver_version) v=$driver ;;
+      compute_cap) v=$cc ;; memory.total) v=$memory ;; uuid) v=$uuid ;; *) v="[N/A]" ;;
+    esac
+    out="${{out:+$out, }}$v"
+  done
+  echo "$out"
+done <<'EOF'
+{rows}
+EOF
+"""
 
 
 MOKUTIL_SCRIPT = """#!/bin/sh
@@ -114,6 +195,8 @@ def host_files(pretend_gpu: str | None, pretend_secure_boot: bool) -> dict[str, 
         sku = resolve_sku(pretend_gpu)
         files[LSPCI_PATH] = (0o755, lspci_script(sku))
         files[MARKER_PATH] = (0o644, marker_text(sku))
+        if sku.driver:
+            files[NVIDIA_SMI_PATH] = (0o755, nvidia_smi_script(sku))
     if pretend_secure_boot:
         files[MOKUTIL_PATH] = (0o755, MOKUTIL_SCRIPT)
     return files
