@@ -1,7 +1,9 @@
 """The GPU layer on real sandbox hosts (no GPU here: `--pretend-gpu` puts one on the PCI bus).
 
 - plans (`--dry`) on Debian 12 and 13, Secure Boot off and on, and the skip on GPU-less hosts;
-- `gpurig preflight` against the same inventory the deploy uses;
+- `gpurig preflight` against the same inventory the deploy uses, also on a pretend HGX board
+  with a loaded 535 driver; on that systemd host, the fabric manager's service step meeting a
+  unit that fails as it does without GPUs;
 - for real: Debian's driver packages installed on a bookworm host, whose DKMS build cannot
   work (the container runs this machine's kernel; no archive has its headers): the run must end
   in the named diagnosis, not in dpkg's output.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from gpurig import spec
+from gpurig import diagnose, spec
 from gpurig.lock import LOCK_VERSION, MANIFEST, target_name
+from gpurig.plan import fabric
 from gpurig.sandbox.testing import SandboxFleet
 
 pytestmark = pytest.mark.integration
@@ -223,6 +227,70 @@ def test_gpurig_preflight_reports_each_host_and_fails_on_any(sandbox_fleet: Flee
     text = gpurig(gpu_host)
     assert text.returncode == 0
     assert "NVIDIA H100 SXM5 80GB (sm_90), no driver loaded, installs cu130-cp311" in text.stdout
+
+
+HGX = {"os": "bookworm", "pretend_gpu": "HGX-H100-535", "init": "systemd", "name": "nvidia-hgx"}
+
+
+def test_gpurig_preflight_on_a_pretend_hgx_board_with_driver_535(sandbox_fleet: Fleet) -> None:
+    """The HGX-H100-535 shape: eight GPUs, four NVSwitches, 535 loaded. The driver is kept, the
+    CUDA 12 build chosen, and the fabric manager planned at the loaded driver's branch."""
+    hgx = sandbox_fleet(**HGX)
+    run = gpurig(hgx, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = json.loads(run.stdout)
+    assert result["ok"]
+    assert result["install_driver"] is False
+    assert result["target"] == "cu128-cp311"
+    facts = result["facts"]
+    assert (len(facts["gpus"]), facts["nvswitches"], facts["driver_version"]) == (
+        8,
+        4,
+        "535.261.03",
+    )
+    assert (
+        "HGX board: installs nvidia-fabricmanager-535 from NVIDIA's CUDA repository for its 4 "
+        "NVSwitches, at the driver's version"
+    ) in result["notes"]
+    text = gpurig(hgx)
+    assert text.returncode == 0
+    assert (
+        "8x NVIDIA H100 SXM5 80GB (sm_90), 4 NVSwitch, driver 535.261.03, installs cu128-cp311"
+    ) in text.stdout
+
+
+# What nvidia-fabricmanager does on a board whose NVSwitches it cannot reach: it exits at start.
+NO_SWITCH_UNIT = """\
+[Unit]
+Description=stand-in for NVIDIA fabric manager on a host without NVSwitch devices
+[Service]
+Type=forking
+ExecStart=/bin/sh -c 'echo "request to query NVSwitch device information from NVSwitch driver failed" >&2; exit 1'
+[Install]
+WantedBy=multi-user.target
+"""  # noqa: E501
+
+
+def test_the_fabric_manager_failing_under_systemd_is_the_named_diagnosis(
+    sandbox_fleet: Fleet,
+) -> None:
+    """The plan's service step on a systemd pretend-HGX host, real systemctl and journal, a unit
+    that fails as the fabric manager does without GPUs: one named diagnosis, no traceback."""
+    hgx = sandbox_fleet(**HGX)
+    host = hgx.hosts[0]
+    unit = "/etc/systemd/system/nvidia-fabricmanager.service"
+    rc, out = hgx.ssh(host, f"printf '%s' {shlex.quote(NO_SWITCH_UNIT)} | sudo -n tee {unit}")
+    assert rc == 0, out
+    rc, out = hgx.ssh(host, f"sudo -n sh -c {shlex.quote(fabric.service_script())}", timeout=120)
+    assert rc == 1, out
+    (found,) = diagnose.from_output(out)
+    assert found.name == "fabric manager not running"
+    assert found.message.startswith("nvidia-fabricmanager did not start")
+    assert "request to query NVSwitch device information" in out  # its journal, for the reader
+    _, state = hgx.ssh(
+        host, "systemctl is-enabled nvidia-fabricmanager; systemctl is-active nvidia-fabricmanager"
+    )
+    assert state.split() == ["enabled", "failed"]  # enabled for the next boot; failed now
 
 
 def test_gpurig_preflight_names_the_unreachable_and_the_failing(
