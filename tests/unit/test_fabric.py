@@ -128,3 +128,24 @@ def test_a_service_that_does_not_start_is_the_named_diagnosis(
     (found,) = diagnose.from_output(run.stdout)
     assert found.name == diagnose.FABRIC_MANAGER == "fabric manager not running"
     assert "journalctl -u nvidia-fabricmanager" in found.fix
+
+
+def test_a_pending_reboot_enables_the_service_and_starts_nothing(tmp_path: Path) -> None:
+    """Driver 580.95.05 installed, 580.65.06 still loaded: the fabric manager matches the
+    installed one, so it can start only after the reboot; it is enabled for that boot."""
+    calls = tmp_path / "systemctl.calls"
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release\n")
+    script = fabric.service_script().replace("/run/systemd/system", str(tmp_path))
+    script = script.replace("/proc/driver/nvidia/version", str(proc))
+    folder = _bin(
+        tmp_path,
+        modinfo="echo 580.95.05",
+        systemctl=f'echo "$*" >> {calls}; case "$1" in is-active) echo inactive ;; esac',
+    )
+    run = _run(script, folder, tmp_path)
+    assert run.returncode == 0, run.stdout
+    assert "it starts once a reboot loads driver 580.95.05" in run.stdout
+    assert "gpurig: unchanged" not in run.stdout  # it enabled the unit: a change
+    assert "enable nvidia-fabricmanager" in calls.read_text()
+    assert "start" not in calls.read_text()

@@ -83,12 +83,16 @@ def with_fabric(driver: Driver, state: GpuState) -> Driver:
     return dataclasses.replace(driver, fabric=fabric, driver_packages=held)
 
 
+_LOADED = (
+    "loaded=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' "
+    "/proc/driver/nvidia/version 2>/dev/null | head -n 1)\n"
+)
 # The module installed for the running kernel (what runs after a pending reboot), else the
 # loaded one.
 _DRIVER_VERSION = (
+    f"{_LOADED}"
     "driver=$(modinfo -F version nvidia 2>/dev/null | head -n 1)\n"
-    "[ -n \"$driver\" ] || driver=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' "
-    "/proc/driver/nvidia/version 2>/dev/null | head -n 1)\n"
+    '[ -n "$driver" ] || driver=$loaded\n'
 )
 
 
@@ -127,7 +131,8 @@ def install_script(fabric: Fabric) -> str:
 
 def service_script() -> str:
     """Enabled and started under systemd; where it does not stay up, its journal and the line
-    the diagnosis names. Without systemd there is no service to start: said, not failed."""
+    the diagnosis names. Only enabled while a reboot is pending (the loaded module is not the
+    installed one the fabric manager matches). Without systemd: said, not failed."""
     return (
         "if [ ! -d /run/systemd/system ]; then "
         f'echo "{UNCHANGED}: no systemd: start {SERVICE} yourself; CUDA waits for it"; '
@@ -135,7 +140,14 @@ def service_script() -> str:
         f'if [ "$(systemctl is-active {SERVICE})" = active ] && '
         f'[ "$(systemctl is-enabled {SERVICE} 2>/dev/null)" = enabled ]; then '
         f'echo "{UNCHANGED}: {SERVICE} is active and enabled"; exit 0; fi\n'
-        f"systemctl enable {SERVICE} 2>&1 && systemctl start {SERVICE} 2>&1\n"
+        f"systemctl enable {SERVICE} 2>&1 || exit 1\n"
+        'PATH="$PATH:/usr/sbin:/sbin"\n'
+        f"{_LOADED}"
+        "installed=$(modinfo -F version nvidia 2>/dev/null | head -n 1)\n"
+        'if [ -n "$loaded" ] && [ -n "$installed" ] && [ "$loaded" != "$installed" ]; then '
+        f'echo "gpurig: {SERVICE} enabled; it starts once a reboot loads driver $installed"; '
+        "exit 0; fi\n"
+        f"systemctl start {SERVICE} 2>&1\n"
         f'state=$(systemctl is-active {SERVICE}); [ "$state" = active ] && exit 0\n'
         f"journalctl -u {SERVICE} -n 15 --no-pager 2>&1 | tail -n 15\n"
         f'echo "{NOT_RUNNING} (systemctl is-active: $state)"; exit 1\n'
