@@ -149,7 +149,7 @@ def test_the_tracker_turns_operations_into_stages_timed_by_the_hosts_own_work() 
     transitions = [(e.host, e.stage, e.state, e.seconds) for e in sent if e.state != PENDING]
     assert transitions == [
         ("a", "preflight", RUNNING, None),
-        ("a", "preflight", DONE, None),
+        ("a", "preflight", DONE, 2.0),  # on the wire: the plain line says it
         ("a", "system", RUNNING, None),
         ("b", "system", RUNNING, None),
         ("a", "system", DONE, 5.0),  # 1 s + 4 s of its own operations

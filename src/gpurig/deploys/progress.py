@@ -89,7 +89,9 @@ class StageTracker(BaseStateCallback):
         self._send(host, stage, RUNNING)
 
     def end(self, host: str, stage: str, failure: str = "") -> None:
-        self._send(host, stage, FAILED if failure else DONE, detail=failure)
+        run = self.progress.hosts[host].stages[stage]
+        seconds = self._clock() - run.started if run.started is not None else None
+        self._send(host, stage, FAILED if failure else DONE, seconds, failure)
 
     # Execution.
     def _plan(self, state: State) -> None:
