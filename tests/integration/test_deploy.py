@@ -233,6 +233,9 @@ def test_a_host_failing_preflight_stops_with_its_reason(
     (failure,) = stopped.report(host)["failures"]
     assert failure.startswith("preflight: host data gpurig_torch_version changes what lock/")
     assert f"{host} fail: preflight:" in stopped.output
+    failed = rf"\] {host} preflight: FAILED after [0-9.]+ s: preflight: host data gpurig_torch"
+    assert re.search(failed, stopped.output)  # the progress line names the stage and why
+    assert "system: started" not in stopped.output
 
 
 def test_interrupted_venv_install_converges(
