@@ -76,7 +76,8 @@ def preflight() -> HostPlan:
         reason = "preflight: " + "; ".join(verdict.problems)
         host.log_styled(reason, fg="red", log_func=logger.warning)
         control.stop_host(name="Preflight: stop this host", reason=reason)
+        tracker().end(host.name, "preflight", failure=reason)
     else:
         host.log(f"preflight: {describe(verdict, facts)}")
-    tracker().end(host.name, "preflight", "" if verdict.ok else reason)
+        tracker().end(host.name, "preflight")
     return plan
