@@ -3,9 +3,13 @@
 Every front end fetches each host's report to reports/<host>.json; this module reads them and
 nothing else of bloomkit (the keys bloomkit's report.py promises: verdict, host, duration_s,
 env.os, env.gpus[].{name, compute_capability, memory_gb}, env.driver_version,
-env.torch.{version, cuda}, the gemm stage's figures.tflops_bf16). A host that failed before
-its smoke test gets a report written by gpurig in the same shape, with `source: gpurig` and
-the reason in `failures`, so a summary always says why.
+env.torch.{version, cuda}, the gemm stage's figures.tflops_bf16, stages[].{name, seconds}). A
+host that failed before its smoke test gets a report written by gpurig in the same shape, with
+`source: gpurig` and the reason in `failures`, so a summary always says why.
+
+The run file (RUN_FILE) adds what the deploy measured: each host's seconds per deploy stage
+(gpurig.progress). The stage table puts them beside the smoke test's slowest stage, so the next
+slow stage is found by reading.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from gpurig.progress import STAGES
 
 PASS, FAIL, SKIPPED, MISSING = "pass", "fail", "skipped", "no report"
 RUN_FILE = ".gpurig-run.json"  # the hosts of the last deploy run, written when it ends
@@ -38,6 +44,8 @@ class HostReport:
     tflops_bf16: float | None = None
     seconds: float | None = None
     failures: list[str] = field(default_factory=list)
+    smoke_stages: dict[str, float] = field(default_factory=dict)  # smoke stage -> seconds
+    deploy_stages: dict[str, float] = field(default_factory=dict)  # from the run file
 
     @property
     def ok(self) -> bool:
@@ -57,6 +65,17 @@ def _gemm(stages: list[dict[str, Any]]) -> float | None:
         if stage.get("name") == "gemm" and isinstance(figures.get("tflops_bf16"), int | float):
             return float(figures["tflops_bf16"])
     return None
+
+
+def _stage_seconds(stages: list[dict[str, Any]]) -> dict[str, float]:
+    """The seconds of the smoke stages that ran (a skipped one never started)."""
+    return {
+        str(stage.get("name")): float(stage["seconds"])
+        for stage in stages
+        if isinstance(stage, dict)
+        and stage.get("status") != "skip"
+        and isinstance(stage.get("seconds"), int | float)
+    }
 
 
 def _short_os(name: str | None) -> str | None:
@@ -80,6 +99,7 @@ def parse(host: str, data: dict[str, Any]) -> HostReport:
         tflops_bf16=_gemm(data.get("stages") or []),
         seconds=float(duration) if isinstance(duration, int | float) else None,
         failures=failures if failures or verdict == PASS else ["the report names no failure"],
+        smoke_stages=_stage_seconds(data.get("stages") or []),
     )
 
 
@@ -122,7 +142,7 @@ def load_run(directory: Path, since: float | None = None) -> list[HostReport]:
         raise RunRecordError(f"{path} is from an earlier run: this run ended before writing it")
     out = []
     for name, info in hosts.items():
-        found = load(report_path(directory, name))
+        found = replace(load(report_path(directory, name)), deploy_stages=_deploy_stages(info))
         if isinstance(info, dict) and info.get("status") == "skipped":
             # What the host is still holds; the measurements were of an earlier run.
             found = replace(
@@ -131,10 +151,29 @@ def load_run(directory: Path, since: float | None = None) -> list[HostReport]:
                 failures=[],
                 tflops_bf16=None,
                 seconds=None,
+                smoke_stages={},
                 os=found.os or info.get("os"),
             )
         out.append(found)
     return out
+
+
+def _deploy_stages(info: Any) -> dict[str, float]:
+    stages = info.get("stages") if isinstance(info, dict) else None
+    if not isinstance(stages, dict):
+        return {}  # a run file from before stage seconds, or a hand-made one
+    return {str(k): float(v) for k, v in stages.items() if isinstance(v, int | float)}
+
+
+def with_deploy_stages(reports: list[HostReport], directory: Path) -> list[HostReport]:
+    """The last run's stage seconds on the hosts it deployed (`gpurig report` of a folder)."""
+    try:
+        hosts = json.loads((directory / RUN_FILE).read_text())["hosts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return reports
+    if not isinstance(hosts, dict):
+        return reports
+    return [replace(r, deploy_stages=_deploy_stages(hosts.get(r.host))) for r in reports]
 
 
 class RunRecordError(Exception):
@@ -198,6 +237,36 @@ def table(reports: list[HostReport]) -> Table:
     return out
 
 
+def stage_table(reports: list[HostReport]) -> Table:
+    """Seconds per deploy stage, host by host, the slowest in bold; then the smoke's slowest."""
+    stages = sorted(
+        {name for r in reports for name in r.deploy_stages},
+        key=lambda name: (STAGES.index(name) if name in STAGES else len(STAGES), name),
+    )
+    out = Table(title="seconds per stage", title_justify="left", header_style="bold")
+    out.add_column("host", no_wrap=True)
+    for name in stages:
+        out.add_column(name, justify="right")
+    out.add_column("deploy", justify="right")
+    out.add_column("slowest smoke stage", no_wrap=True)
+    for r in reports:
+        slowest = max(r.deploy_stages, key=r.deploy_stages.__getitem__, default=None)
+        cells = []
+        for name in stages:
+            value = r.deploy_stages.get(name)
+            text = f"{value:.1f}" if value is not None else "-"
+            cells.append(f"[bold]{text}[/]" if name == slowest else text)
+        total = sum(r.deploy_stages.values())
+        smoke = max(r.smoke_stages.items(), key=lambda item: item[1], default=None)
+        out.add_row(
+            r.host,
+            *cells,
+            f"{total:.1f}" if r.deploy_stages else "-",
+            f"{smoke[0]} {smoke[1]:.1f}" if smoke else "-",
+        )
+    return out
+
+
 def failed(reports: list[HostReport]) -> list[HostReport]:
     return [r for r in reports if not r.ok]
 
@@ -215,6 +284,8 @@ def print_summary(reports: list[HostReport], out: Console | None = None) -> bool
         out.print("no reports")
         return False
     out.print(table(reports))
+    if any(r.deploy_stages or r.smoke_stages for r in reports):
+        out.print(stage_table(reports))
     bad = failed(reports)
     for r in bad:
         reason = "; ".join(r.failures) or r.verdict

@@ -176,6 +176,17 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     assert "dpkg lock is held by" in fresh_bookworm.output  # preflight saw it; apt waited
     assert re.search(r"host\s.*verdict", fresh_bookworm.output)  # the fleet summary
     assert "1 of 1 host(s) passed" in fresh_bookworm.output
+    # Not a terminal: one timed line per stage transition; each stage's seconds in the run file
+    # and the summary's stage table (docs/deploy.md).
+    stages = ["preflight", "system", "python", "llm_env", "cluster", "verify"]
+    for stage in stages:
+        done = rf"\[\+ *[0-9.]+s\] {host} {stage}: done in [0-9.]+ s"
+        assert re.search(done, fresh_bookworm.output), stage
+    seconds = fresh_bookworm.run["hosts"][host]["stages"]
+    assert list(seconds) == stages
+    assert seconds["system"] > 15  # apt waited for the dpkg lock held 20 s
+    assert seconds["llm_env"] > seconds["python"]
+    assert "seconds per stage" in fresh_bookworm.output
     # The end state (docs/host-end-state.md).
     target = ssh_ok(bookworm, host, f"readlink {LINK}").strip()
     assert re.fullmatch(r"/opt/gpurig/venvs/cpu-cp311-[0-9a-f]{12}", target)
@@ -222,6 +233,9 @@ def test_a_host_failing_preflight_stops_with_its_reason(
     (failure,) = stopped.report(host)["failures"]
     assert failure.startswith("preflight: host data gpurig_torch_version changes what lock/")
     assert f"{host} fail: preflight:" in stopped.output
+    failed = rf"\] {host} preflight: FAILED after [0-9.]+ s: preflight: host data gpurig_torch"
+    assert re.search(failed, stopped.output)  # the progress line names the stage and why
+    assert "system: started" not in stopped.output
 
 
 def test_interrupted_venv_install_converges(

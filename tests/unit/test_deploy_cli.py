@@ -60,14 +60,15 @@ def fake_pyinfra(
 ) -> list[list[str]]:
     calls: list[list[str]] = []
 
-    def call(command: list[str], env: dict[str, str]) -> int:
+    def call(command: list[str], env: dict[str, str], *console: Any) -> int:
         calls.append(command)
         if hosts is not None:
             run = {"started": time.time(), "hosts": hosts}
             (reports / report.RUN_FILE).write_text(json.dumps(run))
         return code
 
-    monkeypatch.setattr(deploy.subprocess, "call", call)
+    monkeypatch.setattr(deploy.subprocess, "call", call)  # --dry
+    monkeypatch.setattr(deploy, "run_pyinfra", call)  # a run, its progress shown
     return calls
 
 

@@ -12,7 +12,9 @@ import pytest
 
 from gpurig import report
 from gpurig.deploys import verify
+from gpurig.deploys.progress import StageTracker
 from gpurig.operations import control
+from gpurig.progress import DONE, RUNNING, Event
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> verify.Run:
     fresh = verify.Run()
     monkeypatch.setattr(verify, "RUN", fresh)
     control.FAILURES.clear()
+    monkeypatch.setattr(verify, "tracker", StageTracker)  # a fresh one each call: no seconds
     return fresh
 
 
@@ -113,3 +116,25 @@ def test_nothing_is_written_after_a_dry_run(run: verify.Run, tmp_path: Path) -> 
     run.state = State([Host("a")], {}, is_executing=False)  # type: ignore[assignment]
     verify.finish()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_file_holds_each_hosts_stage_seconds(
+    run: verify.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = StageTracker()
+    for event in (
+        Event(10.0, "a", "preflight", RUNNING),
+        Event(11.5, "a", "preflight", DONE),
+        Event(12.0, "a", "system", RUNNING),
+        Event(30.0, "a", "system", DONE, 8.25),  # its own operations' seconds
+        Event(30.0, "a", "llm_env", RUNNING),  # still running when the run ended
+    ):
+        tracker.progress.apply(event)
+    monkeypatch.setattr(verify, "tracker", lambda: tracker)
+    run.reported.add("a")
+    run.state = State([Host("a")], {Host("a"): {"apt": op()}})  # type: ignore[assignment]
+    verify.finish()
+    record = json.loads((tmp_path / report.RUN_FILE).read_text())
+    assert record["hosts"]["a"]["stages"] == {"preflight": 1.5, "system": 8.25}
+    (row,) = report.load_run(tmp_path)
+    assert row.deploy_stages == {"preflight": 1.5, "system": 8.25}

@@ -139,3 +139,66 @@ def test_gpurig_report_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["report", "--reports", str(tmp_path)]) == 1
     assert main(["report", "--reports", str(tmp_path / "none")]) == 1
     assert "no reports in" in capsys.readouterr().err
+
+
+def _timed(seconds: dict[str, float]) -> dict[str, Any]:
+    """H100_PASS whose smoke stages carry their seconds (bloomkit's stage runner times each)."""
+    stages = [
+        {"name": n, "status": "pass", "seconds": s, "figures": {}} for n, s in seconds.items()
+    ]
+    stages.append({"name": "ddp", "status": "skip", "seconds": 0.0, "figures": {}})
+    return {**H100_PASS, "stages": stages}
+
+
+def test_stage_seconds_are_in_the_summary_beside_the_verdict(tmp_path: Path) -> None:
+    write(tmp_path, "gpu-a", _timed({"env": 0.4, "gemm": 3.1, "finetune": 6.25}))
+    write(tmp_path, "skip-b", _timed({"env": 0.4, "gemm": 2.0}))
+    deployed = {"preflight": 1.2, "system": 8.5, "python": 0.4, "llm_env": 14.0, "verify": 9.6}
+    run = {
+        "started": time.time(),
+        "hosts": {
+            "gpu-a": {"status": "reported", "changed": [], "stages": deployed},
+            "skip-b": {"status": "skipped", "changed": [], "stages": {"system": 0.3}},
+        },
+    }
+    (tmp_path / report.RUN_FILE).write_text(json.dumps(run))
+    rows = {r.host: r for r in report.load_run(tmp_path)}
+    assert rows["gpu-a"].deploy_stages == deployed
+    assert rows["gpu-a"].smoke_stages == {"env": 0.4, "gemm": 3.1, "finetune": 6.25}  # ran
+    assert rows["skip-b"].deploy_stages == {"system": 0.3}  # this run's
+    assert rows["skip-b"].smoke_stages == {}  # an earlier run's: not shown
+    ok, text = render(list(rows.values()))
+    assert ok
+    assert "seconds per stage" in text
+    header = next(ln for ln in text.splitlines() if "llm_env" in ln)
+    order = ["preflight", "system", "python", "llm_env", "verify", "deploy"]
+    assert [header.index(name) for name in order] == sorted(header.index(n) for n in order)
+    row = [ln for ln in text.splitlines() if " gpu-a " in ln][-1]  # the stage table's row
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells == ["gpu-a", "1.2", "8.5", "0.4", "14.0", "9.6", "33.7", "finetune 6.2"]
+    row = [ln for ln in text.splitlines() if " skip-b " in ln][-1]
+    assert [c.strip() for c in row.strip("│ ").split("│")] == [
+        "skip-b", "-", "0.3", "-", "-", "-", "0.3", "-",
+    ]  # fmt: skip
+
+
+def test_the_slowest_stage_of_a_host_is_bold() -> None:
+    row = report.HostReport("h", report.PASS, deploy_stages={"system": 8.5, "llm_env": 14.0})
+    console = Console(record=True, width=160, force_terminal=True)
+    console.print(report.stage_table([row]))
+    styled = console.export_text(styles=True)
+    assert "\x1b[1m14.0" in styled
+    assert "\x1b[1m8.5" not in styled
+
+
+def test_gpurig_report_shows_the_last_runs_stage_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, "gpu-a", H100_PASS)
+    write(tmp_path, "old-host", H100_PASS)  # not in the last run: no stage seconds
+    run = {"started": 1.0, "hosts": {"gpu-a": {"status": "reported", "stages": {"system": 7.25}}}}
+    (tmp_path / report.RUN_FILE).write_text(json.dumps(run))
+    assert main(["report", "--reports", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "seconds per stage" in out
+    assert "7.2" in next(ln for ln in out.splitlines() if "gpu-a" in ln and "7." in ln)

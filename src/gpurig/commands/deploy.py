@@ -1,7 +1,8 @@
 """`gpurig deploy`: run the pyinfra deploy (inventory.py + deploy/gpu.py), then the fleet summary.
 
 Exits 0 only when every host of the run passed (or skipped its smoke test on purpose); a
-failed host is named with its reason. Arguments after `--` go to pyinfra as they are.
+failed host is named with its reason. Arguments after `--` go to pyinfra as they are. While it
+runs, each host's stages show live on a terminal, as plain lines elsewhere (deploy_watch).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from gpurig import report
+from gpurig.commands.deploy_watch import run_pyinfra
 from gpurig.deploys import ENV_LOCK, ENV_REPORTS, ENV_STACK, ENV_SUMMARY, reports_dir
 from gpurig.errors import UsageError
 from gpurig.inventory import STRICT_HOST_KEYS
@@ -80,11 +82,11 @@ def deploy(args: argparse.Namespace) -> int:
         raise UsageError(f"inventory {args.inventory} not found")
     env = environment(args)
     started = time.time()
-    code = subprocess.call(pyinfra_command(args), env=env)
-    if args.dry:
-        return code
-    directory = Path(env.get(ENV_REPORTS) or reports_dir())
+    if args.dry:  # no operation runs: nothing to follow but pyinfra's list of changes
+        return subprocess.call(pyinfra_command(args), env=env)
     console = report.console()
+    code = run_pyinfra(pyinfra_command(args), env, console)
+    directory = Path(env.get(ENV_REPORTS) or reports_dir())
     try:
         reports = report.load_run(directory, since=started)
     except report.RunRecordError as error:

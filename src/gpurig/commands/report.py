@@ -1,4 +1,5 @@
-"""`gpurig report`: the fleet summary from the smoke reports in reports/."""
+"""`gpurig report`: the fleet summary from the smoke reports in reports/, and the seconds of
+each stage (the last deploy's per host, the smoke test's slowest)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise GpurigError(f"no reports in {directory}: run `gpurig deploy` first")
     try:
-        reports = report.load_run(directory) if args.last_run else report.load_dir(directory)
+        if args.last_run:
+            reports = report.load_run(directory)
+        else:  # every report in the folder, with the last run's stage seconds where it has them
+            reports = report.with_deploy_stages(report.load_dir(directory), directory)
     except report.RunRecordError as error:
         raise GpurigError(str(error)) from None
     return 0 if report.print_summary(reports) else 1

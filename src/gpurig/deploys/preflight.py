@@ -23,6 +23,7 @@ from gpurig.deploys import (
     controller,
     host_values,
 )
+from gpurig.deploys.progress import tracker
 from gpurig.deploys.verify import RUN, watch_run
 from gpurig.facts import gpu
 from gpurig.facts.system import HostProbe, dpkg_lock_holder, to_host_facts
@@ -50,6 +51,7 @@ def _apt_sources(facts: HostFacts) -> list[Any]:
 @deploy("Preflight", data_defaults=SPEC_DEFAULTS)
 def preflight() -> HostPlan:
     """Check the host against the stack and the lock; the plan goes into host data."""
+    tracker().begin(host.name, "preflight")  # its facts run before pyinfra's execution
     ctl = controller()  # a bad stack.yml or a stale lock stops the whole run, before any host
     watch_run()
     values = host_values()
@@ -74,6 +76,8 @@ def preflight() -> HostPlan:
         reason = "preflight: " + "; ".join(verdict.problems)
         host.log_styled(reason, fg="red", log_func=logger.warning)
         control.stop_host(name="Preflight: stop this host", reason=reason)
+        tracker().end(host.name, "preflight", failure=reason)
     else:
         host.log(f"preflight: {describe(verdict, facts)}")
+        tracker().end(host.name, "preflight")
     return plan

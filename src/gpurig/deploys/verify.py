@@ -26,6 +26,7 @@ from pyinfra.context import ctx_state, host
 
 from gpurig import atomic, report
 from gpurig.deploys import ENV_SUMMARY, SPEC_DEFAULTS, host_plan, reports_dir
+from gpurig.deploys.progress import tracker
 from gpurig.operations.control import FAILURES, record_failure
 from gpurig.operations.smoke import smoke
 from gpurig.plan.steps import Smoke
@@ -62,6 +63,7 @@ def watch_run() -> None:
         return
     RUN.state = ctx_state.get()  # type: ignore[no-untyped-call]
     RUN.state.add_callback_handler(_FirstFailure())
+    RUN.state.add_callback_handler(tracker())  # stage events and seconds (gpurig.progress)
     atexit.register(finish)
 
 
@@ -106,6 +108,7 @@ def finish() -> None:
             "status": status,
             "os": RUN.os_names.get(name),
             "changed": _changed(state, target),
+            "stages": tracker().seconds(name),  # seconds per stage, in the deploy's order
         }
     run = {
         "started": RUN.started,
