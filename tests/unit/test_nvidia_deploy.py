@@ -310,8 +310,8 @@ def test_ubuntu_fresh_host_dkms_path() -> None:
     )
     assert run.ops["Enable persistence mode (nvidia-persistenced)"][1:] == [
         "systemctl daemon-reload",
-        "systemctl restart nvidia-persistenced",
         "systemctl enable nvidia-persistenced",
+        driver_plan.unit_command("restart", "nvidia-persistenced"),
     ]
     assert not any("cuda" in name.lower() for name in run.ops)
 
@@ -398,6 +398,7 @@ def test_a_converged_host_changes_nothing(os_name: str) -> None:
 
 
 DEBIAN_BRANCH = {"debian-12": 535, "debian-13": 550}
+REBOOT_COMMAND = "( sleep 1 && systemctl reboot ) </dev/null >/dev/null 2>&1 &"
 
 
 def test_driver_too_old_is_replaced_and_the_host_rebooted() -> None:
@@ -409,15 +410,14 @@ def test_driver_too_old_is_replaced_and_the_host_rebooted() -> None:
     )
     run = run_stage(old, "ubuntu-24.04")
     reboot = run.ops["Reboot into the NVIDIA driver if an old module holds the GPU"]
-    assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
+    assert REBOOT_COMMAND in reboot
     assert run.ops["Load the NVIDIA driver"] == []  # the loaded module is replaced by a reboot
     # When it runs: the packages are the new driver, the old module still loaded.
     plan = driver_plan.plan_driver("ubuntu", "24.04", old, stack().nvidia)
     after = converged(plan, driver_version="535.183.01")
     executed = run.execute(after)
     assert (
-        "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &"
-        in executed["Reboot into the NVIDIA driver if an old module holds the GPU"]
+        REBOOT_COMMAND in executed["Reboot into the NVIDIA driver if an old module holds the GPU"]
     )
 
 

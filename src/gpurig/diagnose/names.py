@@ -23,6 +23,9 @@ NO_DEVICE = "nvidia-smi present but no device visible"
 NOT_LOADED = "driver not loaded"
 TOO_OLD = "driver too old for the wheel"
 UNRECOGNISED = "unrecognised failure"
+# Services and reboots (systemd hosts).
+PERSISTENCED_FAILED = "nvidia-persistenced failed"
+NO_REBOOT = "host did not come back from reboot"
 
 ENROLL_MOK = (
     f"enroll the DKMS MOK (mokutil --import {DKMS_MOK}) and reboot; confirm the key in the "

@@ -8,6 +8,7 @@ parse `lspci -Dnmm`: the double prints that format whatever the flags, honouring
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gpurig.errors import UsageError
@@ -117,3 +118,85 @@ def host_files(pretend_gpu: str | None, pretend_secure_boot: bool) -> dict[str, 
     if pretend_secure_boot:
         files[MOKUTIL_PATH] = (0o755, MOKUTIL_SCRIPT)
     return files
+
+
+# --pretend-driver VERSION (systemd hosts with --pretend-gpu): the driver's user-space view of
+# a loaded module. The container's /sys/module is its own tmpfs (emptied by every restart, as a
+# reboot unloads every module); at boot a unit "loads" the installed module by writing
+# /sys/module/nvidia/version from the installed version in PRETEND_DRIVER_PATH, which a test
+# changes to stand for a driver upgraded under the loaded module. modinfo and nvidia-smi
+# stand-ins answer from those two files. Facts read the loaded module from sysfs, which on a
+# real host says what /proc/modules and /proc/driver/nvidia/version say.
+PRETEND_DRIVER_PATH = "/etc/gpurig-pretend-driver"
+NVIDIA_SMI_PATH = "/usr/local/bin/nvidia-smi"
+MODINFO_PATH = "/usr/local/bin/modinfo"
+PRETEND_DRIVER_UNIT = "/etc/systemd/system/gpurig-pretend-driver.service"
+PRETEND_DRIVER_UNIT_TEXT = f"""\
+[Unit]
+Description=gpurig sandbox test double: the kernel loads the installed NVIDIA module at boot
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/mkdir -p /sys/module/nvidia
+ExecStart=/bin/cp {PRETEND_DRIVER_PATH} /sys/module/nvidia/version
+
+[Install]
+WantedBy=sysinit.target
+"""
+PRETEND_DRIVER_LINK = "/etc/systemd/system/sysinit.target.wants/gpurig-pretend-driver.service"
+MODINFO_SCRIPT = f"""#!/bin/sh
+# gpurig sandbox test double: the nvidia module installed for the running kernel is the
+# version in {PRETEND_DRIVER_PATH}; any other module is the real modinfo's.
+last=""; for a in "$@"; do last="$a"; done
+case " $* " in *" -F version "*)
+  if [ "$last" = nvidia ]; then cat {PRETEND_DRIVER_PATH}; exit 0; fi ;;
+esac
+exec /sbin/modinfo "$@"
+"""
+
+
+def nvidia_smi_script(sku: GpuSku) -> str:
+    """nvidia-smi for the pretend GPU while /sys/module/nvidia says a module is loaded."""
+    return f"""#!/bin/sh
+# gpurig sandbox test double: nvidia-smi sees the pretend {sku.description} while the
+# pretend module is loaded (/sys/module/nvidia/version); --query-gpu=... --format=csv only.
+loaded=$(cat /sys/module/nvidia/version 2>/dev/null)
+if [ -z "$loaded" ]; then
+  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."
+  exit 9
+fi
+fields=""
+for a in "$@"; do case "$a" in --query-gpu=*) fields="${{a#--query-gpu=}}" ;; esac; done
+out=""
+for f in $(echo "$fields" | tr , ' '); do
+  case "$f" in
+    pci.bus_id) v="0000{GPU_SLOT}" ;;
+    name) v="NVIDIA {sku.description}" ;;
+    driver_version) v="$loaded" ;;
+    *) v="[N/A]" ;;
+  esac
+  out="${{out:+$out, }}$v"
+done
+echo "$out"
+"""  # noqa: E501
+
+
+def pretend_driver_files(
+    pretend_gpu: str | None, pretend_driver: str | None
+) -> dict[str, tuple[int, str]]:
+    """The pretend driver's files (path -> (mode, content)); its boot unit is linked by
+    PRETEND_DRIVER_LINK."""
+    if not pretend_driver:
+        return {}
+    if not pretend_gpu:
+        raise UsageError("--pretend-driver needs --pretend-gpu: a driver needs a GPU to drive")
+    if not re.fullmatch(r"\d+\.\d+(?:\.\d+)?", pretend_driver):
+        raise UsageError(f"--pretend-driver {pretend_driver!r}: give a version such as 535.261.03")
+    return {
+        PRETEND_DRIVER_PATH: (0o644, pretend_driver + "\n"),
+        NVIDIA_SMI_PATH: (0o755, nvidia_smi_script(resolve_sku(pretend_gpu))),
+        MODINFO_PATH: (0o755, MODINFO_SCRIPT),
+        PRETEND_DRIVER_UNIT: (0o644, PRETEND_DRIVER_UNIT_TEXT),
+    }
