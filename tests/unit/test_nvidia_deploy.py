@@ -438,6 +438,31 @@ def test_no_reboot_where_the_host_cannot_and_the_report_says_so() -> None:
     )
 
 
+def test_a_vm_standin_reboots_into_the_installed_module_a_container_cannot() -> None:
+    """The sandbox's systemd hosts are containers marked as VM stand-ins: their driver change
+    reboots as a VM's does. The module a boot would load is modinfo's (as the Ansible role's
+    script reads it), here without any driver package."""
+    upgraded = {
+        "driver_version": "535.247.01",
+        "modules": ["nvidia"],
+        "module_version": "535.261.03",
+        "container": True,
+    }
+    reboot_op = "Reboot into the NVIDIA driver if an old module holds the GPU"
+    standin = fresh(**upgraded, vm_standin=True)
+    run = run_stage(standin, "debian-12", stack(535, ["cu126"]), verdict(False, "cu126"))
+    assert REBOOT_COMMAND in run.ops[reboot_op]
+    the_verdict = verdict(False, "cu126")
+    container = fresh(**upgraded)
+    run = run_stage(container, "debian-12", stack(535, ["cu126"]), the_verdict)
+    assert run.ops[reboot_op] == []
+    run.execute(container)
+    assert (
+        "reboot needed (the loaded module is 535.247.01, the installed driver 535.261.03): "
+        "gpurig cannot reboot this host (it is a container)"
+    ) in the_verdict.notes
+
+
 def test_persistence_needs_the_daemon() -> None:
     plan = driver_plan.plan_driver("ubuntu", "24.04", fresh("ubuntu"), stack().nvidia)
     no_daemon = converged(plan, persistenced=("inactive", ""))

@@ -28,6 +28,7 @@ __all__ = [
     "NOUVEAU_CONF",
     "PERSISTENCED_DROPIN",
     "UNATTENDED_CONF",
+    "VM_STANDIN_MARKER",
     "GpuHost",
     "GpuState",
     "apply",
