@@ -5,6 +5,10 @@
 - for real: Debian's driver packages installed on a bookworm host, whose DKMS build cannot
   work (the container runs this machine's kernel; no archive has its headers): the run must end
   in the named diagnosis, not in dpkg's output.
+- on a systemd host (a VM stand-in) with a pretend driver upgraded under its loaded module and
+  Debian's real nvidia-persistenced: both front ends reboot it for real and reconnect, then end
+  in the named persistenced diagnosis (the daemon finds no driver); a host that does not come
+  back from the reboot is named within the bound.
 
 Ubuntu has no sandbox host (no Ubuntu archive here): its plans are operation tests with injected
 facts (tests/unit/test_nvidia_deploy.py), as are a loaded driver that is too old or right.

@@ -16,6 +16,7 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pyinfra import logger
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.facts import FactBase
 from pyinfra.api.host import Host
@@ -82,7 +83,7 @@ def _wait_for_new_boot(
         host.disconnect()  # still the old boot: the reboot has not begun yet
     found = [did_not_come_back(host.name, timeout_s)]
     record(host, found, verdict)
-    host.log_styled(str(found[0]), fg="red")
+    host.log_styled(str(found[0]), fg="red", log_func=logger.error)
     return False  # a False status fails the operation, which takes the host out of the run
 
 
