@@ -366,6 +366,7 @@ def restarts(fleet: SandboxFleet, host: SandboxHost) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_driver_change_reboots_a_vm_standin_and_a_failing_persistenced_is_named(
     sandbox_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -397,6 +398,7 @@ def test_driver_change_reboots_a_vm_standin_and_a_failing_persistenced_is_named(
     assert units.split() == ["enabled", "failed"]
 
 
+@pytest.mark.slow
 def test_a_host_that_does_not_come_back_from_the_reboot_is_named(
     sandbox_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -421,6 +423,7 @@ def test_a_host_that_does_not_come_back_from_the_reboot_is_named(
         fleet.start(host)
 
 
+@pytest.mark.slow
 def test_ansible_reboots_and_names_persistenced_as_pyinfra_does(
     sandbox_fleet: Fleet, tmp_path: Path
 ) -> None:
