@@ -33,6 +33,10 @@ UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpurig-nvidia"
 PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/gpurig.conf"
 NONFREE_LIST = "/etc/apt/sources.list.d/gpurig-debian-nonfree.list"
 DKMS_MOK = "/var/lib/dkms/mok.pub"  # DKMS's signing key: Secure Boot must have it enrolled
+# Written by `gpurig sandbox up` on its systemd hosts, never by a deploy: this container is a
+# VM stand-in, which its engine restarts (same disk, keys, port) when a reboot ends its PID 1.
+# The GPU fact reads it so that the driver stage's reboot runs there as on a VM.
+VM_STANDIN_MARKER = "/etc/gpurig-sandbox-vm"
 # A training cluster's member (gpurig.cluster).
 CLUSTER_ENV = "/etc/gpurig/cluster.env"
 LAUNCHER = "/usr/local/bin/gpurig-launch"

@@ -41,7 +41,8 @@ def sandbox_fleet(
     engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., SandboxFleet]]:
     """Factory: sandbox_fleet(os="bookworm", count=1, pretend_gpu=None,
-    pretend_secure_boot=False, name=None, init="none", first_boot_apt=False) -> SandboxFleet.
+    pretend_secure_boot=False, name=None, init="none", first_boot_apt=False,
+    pretend_driver=None) -> SandboxFleet.
 
     init defaults to "none" (sshd alone) here, unlike `gpurig sandbox up`: the deploy suites
     assert what a host without systemd does; tests of systemd hosts ask for init="systemd".
@@ -56,6 +57,7 @@ def sandbox_fleet(
         name: str | None = None,
         init: str = "none",
         first_boot_apt: bool = False,
+        pretend_driver: str | None = None,
     ) -> SandboxFleet:
         params: dict[str, object] = {
             "os": os,
@@ -64,6 +66,7 @@ def sandbox_fleet(
             "pretend_secure_boot": pretend_secure_boot,
             "init": init,
             "first_boot_apt": first_boot_apt,
+            "pretend_driver": pretend_driver,
         }
         if name is not None and name in fleets:
             shared = fleets[name]
@@ -81,6 +84,7 @@ def sandbox_fleet(
             pretend_secure_boot=pretend_secure_boot,
             init=init,
             first_boot_apt=first_boot_apt,
+            pretend_driver=pretend_driver,
         )
         return handle
 

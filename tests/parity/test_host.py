@@ -165,3 +165,18 @@ def test_report_present_on_host_and_controller(host: Any, stack: Stack, reports_
     name = host.backend.get_hostname()
     fetched = json.loads((reports_dir / f"{name}.json").read_text())
     assert fetched == data
+
+
+def test_units_the_deploy_enables_are_enabled_and_running(host: Any, stack: Stack) -> None:
+    """Persistence mode's nvidia-persistenced, the one unit the deploy enables (on a GPU host
+    under systemd): enabled for boot and running now, whichever front end made the host."""
+    if not host.file("/run/systemd/system").is_directory:
+        pytest.skip("no systemd: the deploy enables no unit (it says so in its notes)")
+    units = []
+    if stack.nvidia.persistence_mode and host.run("nvidia-smi -L").rc == 0:
+        units.append("nvidia-persistenced")
+    if not units:
+        pytest.skip("no GPU driver on this host: the deploy enables no unit")
+    for unit in units:
+        state = host.run(f"systemctl is-enabled {unit}; systemctl is-active {unit}")
+        assert state.stdout.split() == ["enabled", "active"], (unit, state.stdout)

@@ -86,6 +86,28 @@ APT_FETCH = (
 KEY_MISMATCH = (
     "gpurig: cuda-keyring key 0123ABCD, expected EB693B3035CD5710E231E123A4B469963BF863CC\n"
 )
+# systemctl and the unit's journal (gpurig.plan.driver.unit_command): the first from a systemd
+# sandbox host here (Debian's nvidia-persistenced without the driver's libraries); the second
+# as nvidia-persistenced's source words a host whose device files are missing.
+PERSISTENCED_NO_LIBRARY = """\
+Job for nvidia-persistenced.service failed because the control process exited with error code.
+See "systemctl status nvidia-persistenced.service" and "journalctl -xeu nvidia-persistenced.service" for details.
+nvidia-persistenced.service: Failed to get cgroup ID of cgroup /sys/fs/cgroup/unified/docker/68fc/system.slice/nvidia-persistenced.service, ignoring: Operation not permitted
+Starting nvidia-persistenced.service - NVIDIA Persistence Daemon...
+Started (1076)
+Failed to open libnvidia-cfg.so.1: libnvidia-cfg.so.1: cannot open shared object file: No such file or directory
+nvidia-persistenced failed to initialize. Check syslog for more details.
+Shutdown (1076)
+nvidia-persistenced.service: Control process exited, code=exited, status=1/FAILURE
+nvidia-persistenced.service: Failed with result 'exit-code'.
+Failed to start nvidia-persistenced.service - NVIDIA Persistence Daemon.
+"""  # noqa: E501
+PERSISTENCED_NO_DEVICES = """\
+Job for nvidia-persistenced.service failed because the control process exited with error code.
+Failed to query NVIDIA devices. Please ensure that the NVIDIA device files (/dev/nvidia*) exist, and that user 0 has read and write permissions for those files.
+nvidia-persistenced failed to initialize. Check syslog for more details.
+"""  # noqa: E501
+PERSISTENCED_BARE = "Job for nvidia-persistenced.service failed because a timeout was exceeded.\n"
 
 
 @pytest.mark.parametrize(
@@ -117,6 +139,13 @@ KEY_MISMATCH = (
          "developer.download.nvidia.com"),
         (APT_FETCH, diagnose.REPO_UNREACHABLE, "InRelease: 403  Forbidden", "network.proxy"),
         (KEY_MISMATCH, diagnose.REPO_KEY, "0123ABCD, not NVIDIA's EB693B", "nothing was installed"),
+        (PERSISTENCED_NO_LIBRARY, diagnose.PERSISTENCED_FAILED,
+         "did not start: Failed to open libnvidia-cfg.so.1: libnvidia-cfg.so.1: cannot open",
+         "journalctl -u nvidia-persistenced"),
+        (PERSISTENCED_NO_DEVICES, diagnose.PERSISTENCED_FAILED,
+         "did not start: Failed to query NVIDIA devices. Please ensure", "/dev/nvidia*"),
+        (PERSISTENCED_BARE, diagnose.PERSISTENCED_FAILED, "the daemon did not start",
+         "nvidia.persistence_mode: false"),
     ],
 )  # fmt: skip
 def test_each_failure_gets_its_name_and_fix(
@@ -154,6 +183,11 @@ def test_root_cause_first_and_symptoms_dropped() -> None:
     assert [d.name for d in found] == [diagnose.DKMS_FAILED]
     found = diagnose.from_output(SECURE_BOOT + SMI_NO_DRIVER + XID_79)
     assert [d.name for d in found] == [diagnose.SECURE_BOOT_REJECTED, diagnose.FELL_OFF_BUS]
+
+
+def test_a_daemon_that_needs_a_driver_that_is_not_loaded_names_the_driver() -> None:
+    found = diagnose.from_output(PERSISTENCED_NO_DEVICES + SMI_NO_DRIVER)
+    assert [d.name for d in found] == [diagnose.NOT_LOADED]
 
 
 def test_unrecognised_output_is_still_short_and_points_to_the_log() -> None:

@@ -310,8 +310,8 @@ def test_ubuntu_fresh_host_dkms_path() -> None:
     )
     assert run.ops["Enable persistence mode (nvidia-persistenced)"][1:] == [
         "systemctl daemon-reload",
-        "systemctl restart nvidia-persistenced",
         "systemctl enable nvidia-persistenced",
+        driver_plan.unit_command("restart", "nvidia-persistenced"),
     ]
     assert not any("cuda" in name.lower() for name in run.ops)
 
@@ -398,6 +398,7 @@ def test_a_converged_host_changes_nothing(os_name: str) -> None:
 
 
 DEBIAN_BRANCH = {"debian-12": 535, "debian-13": 550}
+REBOOT_COMMAND = "( sleep 1 && systemctl reboot ) </dev/null >/dev/null 2>&1 &"
 
 
 def test_driver_too_old_is_replaced_and_the_host_rebooted() -> None:
@@ -409,15 +410,14 @@ def test_driver_too_old_is_replaced_and_the_host_rebooted() -> None:
     )
     run = run_stage(old, "ubuntu-24.04")
     reboot = run.ops["Reboot into the NVIDIA driver if an old module holds the GPU"]
-    assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
+    assert REBOOT_COMMAND in reboot
     assert run.ops["Load the NVIDIA driver"] == []  # the loaded module is replaced by a reboot
     # When it runs: the packages are the new driver, the old module still loaded.
     plan = driver_plan.plan_driver("ubuntu", "24.04", old, stack().nvidia)
     after = converged(plan, driver_version="535.183.01")
     executed = run.execute(after)
     assert (
-        "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &"
-        in executed["Reboot into the NVIDIA driver if an old module holds the GPU"]
+        REBOOT_COMMAND in executed["Reboot into the NVIDIA driver if an old module holds the GPU"]
     )
 
 
@@ -436,6 +436,31 @@ def test_no_reboot_where_the_host_cannot_and_the_report_says_so() -> None:
     assert "no systemd: persistence mode not set (nvidia-persistenced needs it)" in (
         the_verdict.notes
     )
+
+
+def test_a_vm_standin_reboots_into_the_installed_module_a_container_cannot() -> None:
+    """The sandbox's systemd hosts are containers marked as VM stand-ins: their driver change
+    reboots as a VM's does. The module a boot would load is modinfo's (as the Ansible role's
+    script reads it), here without any driver package."""
+    upgraded = {
+        "driver_version": "535.247.01",
+        "modules": ["nvidia"],
+        "module_version": "535.261.03",
+        "container": True,
+    }
+    reboot_op = "Reboot into the NVIDIA driver if an old module holds the GPU"
+    standin = fresh(**upgraded, vm_standin=True)
+    run = run_stage(standin, "debian-12", stack(535, ["cu126"]), verdict(False, "cu126"))
+    assert REBOOT_COMMAND in run.ops[reboot_op]
+    the_verdict = verdict(False, "cu126")
+    container = fresh(**upgraded)
+    run = run_stage(container, "debian-12", stack(535, ["cu126"]), the_verdict)
+    assert run.ops[reboot_op] == []
+    run.execute(container)
+    assert (
+        "reboot needed (the loaded module is 535.247.01, the installed driver 535.261.03): "
+        "gpurig cannot reboot this host (it is a container)"
+    ) in the_verdict.notes
 
 
 def test_persistence_needs_the_daemon() -> None:

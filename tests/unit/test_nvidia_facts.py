@@ -220,3 +220,27 @@ def test_the_script_reads_the_sandbox_shapes_as_fact_lines_says(tmp_path: Path, 
     if sku.driver:  # no /proc/driver/nvidia here: the version comes from nvidia-smi
         assert state.driver_version == expected.driver_version == "535.261.03"
         assert [g.bus_id for g in state.smi_gpus] == [g.slot for g in state.gpus]
+
+
+def test_a_sandbox_vm_standin_may_reboot_and_other_containers_may_not() -> None:
+    """The marker of `gpurig sandbox up`'s systemd hosts (hostlayout.VM_STANDIN_MARKER); the
+    loaded module read from sysfs, as the pretend driver gives it."""
+    lines = ["@@driver", "Kernel Module 535.247.01", "@@modules", "nvidia", "@@init", "systemd"]
+    standin = parse([*lines, "persistenced=failed,enabled", "container", "vm-standin"])
+    assert standin.driver_version == "535.247.01"
+    assert standin.nvidia_loaded
+    assert (standin.container, standin.vm_standin, standin.can_reboot) == (True, True, True)
+    container = parse([*lines, "container"])
+    assert (container.container, container.vm_standin, container.can_reboot) == (
+        True,
+        False,
+        False,
+    )
+    # Without systemd nothing reboots it, marker or not.
+    assert not parse(["@@init", "container", "vm-standin"]).can_reboot
+
+
+def test_the_script_prints_the_vm_standin_marker_only_where_it_is() -> None:
+    script = GpuHost().command()
+    assert f"[ -f {gpu.VM_STANDIN_MARKER} ] && echo vm-standin" in script
+    assert "__VM_STANDIN__" not in script

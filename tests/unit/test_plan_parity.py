@@ -393,7 +393,11 @@ def test_the_535_shape_keeps_its_driver_and_runs_cuda_12(tmp_path: Path) -> None
     assert built.verdict.target.name == "cu128-cp311"
     assert built.driver is not None
     assert not built.driver.install
-    assert list(host_plan.driver_scripts.scripts(built.driver)) == ["reboot_check", "smi_check"]
+    assert list(host_plan.driver_scripts.scripts(built.driver)) == [
+        "reboot_check",
+        "smi_check",
+        "persistence",
+    ]
 
 
 def test_debians_own_driver_on_an_hgx_board_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gpurig.errors import UsageError
-from gpurig.sandbox import Fleet, rootfs
+from gpurig.sandbox import Fleet, doubles, rootfs
 from gpurig.sandbox.boot import container_options, host_archive
 
 
@@ -79,8 +79,29 @@ def test_the_image_boots_systemd_and_silences_what_would_share_the_network() -> 
     [
         ({"init": "upstart"}, "unknown init 'upstart'"),
         ({"init": "none", "first_boot_apt": True}, "first-boot apt needs systemd hosts"),
+        (
+            {"init": "none", "pretend_gpu": "H100", "pretend_driver": "535.261.03"},
+            "a pretend driver needs systemd hosts",
+        ),
+        ({"pretend_driver": "535.261.03"}, "--pretend-driver needs --pretend-gpu"),
+        ({"pretend_gpu": "H100", "pretend_driver": "latest"}, "give a version such as"),
     ],
 )
 def test_up_refuses_what_cannot_boot(tmp_path: Path, options: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Fleet(tmp_path / "fleet").up(1, **options)
+
+
+def test_a_pretend_driver_gets_its_own_sys_module_and_a_boot_unit() -> None:
+    """A restart empties the tmpfs (a reboot unloads every module); the linked unit loads the
+    installed version at the next boot."""
+    assert container_options("systemd", pretend_driver=True)["tmpfs"]["/sys/module"] == ""
+    assert "/sys/module" not in container_options("systemd")["tmpfs"]
+    link = doubles.PRETEND_DRIVER_LINK
+    archive = host_archive("ssh-ed25519 AAAA key", {}, 2222, links={link: "/unit"})
+    found = members(archive)[link.lstrip("/")]
+    assert (found.issym(), found.linkname) == (True, "/unit")
+    unit = doubles.PRETEND_DRIVER_UNIT_TEXT
+    assert f"ExecStart=/bin/cp {doubles.PRETEND_DRIVER_PATH} /sys/module/nvidia/version" in unit
+    assert link.rsplit("/", 2)[1] == "sysinit.target.wants"
+    assert "WantedBy=sysinit.target" in unit

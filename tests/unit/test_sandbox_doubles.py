@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gpurig import diagnose
 from gpurig.errors import UsageError
 from gpurig.sandbox import doubles
 
@@ -105,3 +106,35 @@ def test_the_535_shapes_answer_nvidia_smi_as_a_loaded_535_driver(tmp_path: Path)
     rows = subprocess.run(query, capture_output=True, text=True, check=True).stdout.splitlines()
     assert rows[0] == "0, 535.261.03, 81559, [N/A]"
     assert len(rows) == 8
+
+
+def test_pretend_driver_files_and_their_modinfo(tmp_path: Path) -> None:
+    assert doubles.pretend_driver_files("H100", None) == {}
+    files = doubles.pretend_driver_files("H100", "535.261.03")
+    assert files[doubles.PRETEND_DRIVER_PATH] == (0o644, "535.261.03\n")
+    assert files[doubles.NVIDIA_SMI_PATH][0] == files[doubles.MODINFO_PATH][0] == 0o755
+    # modinfo answers for nvidia from the installed version's file, and passes the rest on.
+    script = doubles.MODINFO_SCRIPT.replace(doubles.PRETEND_DRIVER_PATH, str(tmp_path / "v"))
+    (tmp_path / "v").write_text("535.261.03\n")
+    modinfo = tmp_path / "modinfo"
+    modinfo.write_text(script.replace("exec /sbin/modinfo", "echo real"))
+    modinfo.chmod(0o755)
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [str(modinfo), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    assert run("-F", "version", "nvidia") == "535.261.03\n"
+    assert run("-k", "6.1.0", "-F", "version", "nvidia") == "535.261.03\n"
+    assert run("-F", "version", "ext4") == "real -F version ext4\n"
+
+
+def test_pretend_nvidia_smi_speaks_nvidia_smis_words_without_a_module(tmp_path: Path) -> None:
+    """Here no /sys/module/nvidia exists: the stand-in says what nvidia-smi says then."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(doubles.nvidia_smi_script(doubles.resolve_sku("H100")))
+    smi.chmod(0o755)
+    result = subprocess.run([str(smi)], capture_output=True, text=True, check=False)
+    assert result.returncode == 9
+    assert [d.name for d in diagnose.from_output(result.stdout)] == [diagnose.NOT_LOADED]

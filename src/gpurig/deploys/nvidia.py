@@ -147,11 +147,12 @@ def nvidia_driver(plan: HostPlan | None = None) -> None:
         **_SUDO,
     )
     ops.persistence(
-        name="Enable persistence mode (nvidia-persistenced)",
+        name=name["persistence"],
         wanted=driver.persistence,
         dropin=driver.persistenced_dropin,
         installing=driver.installing,
         verdict=verdict,
+        context=context,
         **_SUDO,
     )
     if driver.toolkit:

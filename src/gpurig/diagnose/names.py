@@ -24,6 +24,9 @@ NOT_LOADED = "driver not loaded"
 TOO_OLD = "driver too old for the wheel"
 UNRECOGNISED = "unrecognised failure"
 FABRIC_MANAGER = "fabric manager not running"  # HGX boards: CUDA waits for it
+# Services and reboots (systemd hosts).
+PERSISTENCED_FAILED = "nvidia-persistenced failed"
+NO_REBOOT = "host did not come back from reboot"
 
 ENROLL_MOK = (
     f"enroll the DKMS MOK (mokutil --import {DKMS_MOK}) and reboot; confirm the key in the "

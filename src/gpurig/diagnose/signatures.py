@@ -20,6 +20,7 @@ from gpurig.diagnose.names import (
     NOUVEAU_MESSAGE,
     NVML_MISMATCH,
     PACKAGE_MISSING,
+    PERSISTENCED_FAILED,
     REPO_KEY,
     REPO_UNREACHABLE,
     SECURE_BOOT_REJECTED,
@@ -71,6 +72,18 @@ def _nvml_detail(text: str) -> str:
     if library:
         return f"the libraries are {library[1]}, the loaded kernel module is older"
     return "the driver libraries were upgraded under a loaded kernel module"
+
+
+# The daemon's own reason in its journal ("Failed to query NVIDIA devices...", "Failed to open
+# libnvidia-cfg.so.1: ..."), not systemd's "Failed to start" about it.
+_PERSISTENCED_REASON = re.compile(
+    r"^(?:\S.*nvidia-persistenced\[\d+\]: )?(Failed to (?!start )[^\n]*?)\.?$", re.M
+)
+
+
+def _persistenced_detail(text: str) -> str:
+    reason = _PERSISTENCED_REASON.search(text)
+    return "the daemon did not start" + (f": {reason[1]}" if reason else "")
 
 
 def _cuda_of(found: str) -> str:
@@ -312,5 +325,18 @@ SIGNATURES = (
         re.compile(r"CUDA driver version is insufficient for CUDA runtime version"),
         _said(f"{TOO_OLD_MESSAGE}, so torch runs on the CPU"),
         _fix(TOO_OLD_FIX),
+    ),
+    Signature(
+        PERSISTENCED_FAILED,
+        re.compile(
+            r"nvidia-persistenced failed to initialize"
+            r"|Failed to start nvidia-persistenced|Job for nvidia-persistenced\.service failed"
+        ),
+        lambda m, text, c: _persistenced_detail(text),
+        _fix(
+            "it needs the NVIDIA driver loaded, its libraries and the device files /dev/nvidia*: "
+            "fix what it names (`journalctl -u nvidia-persistenced`), then re-run; "
+            "nvidia.persistence_mode: false leaves it off"
+        ),
     ),
 )

@@ -19,6 +19,7 @@ from gpurig.hostlayout import (
     NOUVEAU_CONF,
     PERSISTENCED_DROPIN,
     UNATTENDED_CONF,
+    VM_STANDIN_MARKER,
 )
 from gpurig.model.host import GpuState, SmiGpu, apply, pci_gpu
 
@@ -27,6 +28,7 @@ __all__ = [
     "NOUVEAU_CONF",
     "PERSISTENCED_DROPIN",
     "UNATTENDED_CONF",
+    "VM_STANDIN_MARKER",
     "GpuHost",
     "GpuState",
     "apply",
@@ -43,6 +45,8 @@ NVIDIA_VENDOR = "10de"
 NVSWITCH_CLASS = "0680"
 # /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  ..."
 # or, for the open modules, "NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  ...".
+# Without procfs's file (the sandbox's pretend driver has only sysfs), the script prints
+# /sys/module/nvidia/version, the same version, as "Kernel Module VERSION".
 DRIVER_VERSION = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)")
 PACKAGE_PATTERN = (
     r"^(nvidia|libnvidia|libcuda|linux-(image|headers|modules|signatures)|cuda|firmware-nvidia"
@@ -66,7 +70,7 @@ else
   done
 fi
 echo @@driver
-cat /proc/driver/nvidia/version 2>/dev/null
+cat /proc/driver/nvidia/version 2>/dev/null || sed 's/^/Kernel Module /' /sys/module/nvidia/version 2>/dev/null
 echo @@smi
 if command -v nvidia-smi >/dev/null 2>&1; then
   out=$(timeout 30 nvidia-smi --query-gpu=__SMI__ --format=csv,noheader 2>&1); rc=$?
@@ -84,8 +88,9 @@ elif [ -d /sys/firmware/efi ]; then
 else
   echo "no-efi"
 fi
+# /sys/module/NAME exists while module NAME is loaded (the same list as /proc/modules).
 echo @@modules
-awk '$1 ~ /^(nvidia|nouveau)/ {print $1}' /proc/modules 2>/dev/null
+ls /sys/module 2>/dev/null | grep -E '^(nvidia|nouveau)'
 echo @@kernel
 uname -r
 [ -e "/lib/modules/$(uname -r)/build" ] && echo headers
@@ -113,6 +118,7 @@ fi
 if [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then echo container
 elif command -v systemd-detect-virt >/dev/null 2>&1 && systemd-detect-virt -cq; then echo container
 fi
+[ -f __VM_STANDIN__ ] && echo vm-standin
 true
 """  # noqa: E501
 
@@ -274,6 +280,7 @@ def parse(output: list[str]) -> GpuState:
         files=files,
         systemd="systemd" in init,
         container="container" in init,
+        vm_standin="vm-standin" in init,
         persistenced=(active, enabled),
         nvswitches=parse_nvswitches(pci),
         fabricmanager=(fabric_active, fabric_enabled),
@@ -291,6 +298,7 @@ class GpuHost(FactBase[GpuState]):
             .replace("__PACKAGES__", PACKAGE_PATTERN)
             .replace("__FILES__", " ".join(MANAGED_FILES))
             .replace("__MOK__", DKMS_MOK)
+            .replace("__VM_STANDIN__", VM_STANDIN_MARKER)
         )
 
     @staticmethod

@@ -114,7 +114,7 @@ class HostFacts:
     sudo: bool
     systemd: bool
     gpus: list[PciGpu] = field(default_factory=list)
-    driver_version: str | None = None  # loaded kernel module, from /proc/driver/nvidia/version
+    driver_version: str | None = None  # loaded kernel module (/proc/driver/nvidia/version)
     secure_boot: bool | None = None
     nouveau_loaded: bool = False
     # The GPU layer's state (gpurig.facts.gpu): for diagnoses before anything changes.
@@ -165,6 +165,9 @@ class GpuState:
     files: dict[str, str] = field(default_factory=dict)  # MANAGED_FILES present -> sha256
     systemd: bool = False
     container: bool = False
+    # A container the sandbox marks as a VM stand-in (hostlayout.VM_STANDIN_MARKER): its engine
+    # restarts it on reboot, so a reboot there behaves as on a VM.
+    vm_standin: bool = False
     persistenced: tuple[str, str] = ("", "")  # systemctl is-active, is-enabled
     # HGX/DGX baseboards: NVSwitch devices on the PCI bus (slots), and the fabric manager that
     # CUDA needs on them (systemctl is-active, is-enabled of nvidia-fabricmanager).
@@ -181,8 +184,9 @@ class GpuState:
 
     @property
     def can_reboot(self) -> bool:
-        """A machine of its own under systemd; a container cannot reboot into a new module."""
-        return self.systemd and not self.container
+        """A machine of its own under systemd; a container cannot reboot into a new module,
+        unless it is the sandbox's VM stand-in (which comes back as the same host)."""
+        return self.systemd and (not self.container or self.vm_standin)
 
     @property
     def installed_driver(self) -> str | None:

@@ -13,7 +13,6 @@ from typing import Any
 
 from pyinfra.api.operation import operation
 from pyinfra.context import host
-from pyinfra.operations import server
 
 from gpurig import diagnose
 from gpurig.diagnose import Context, Diagnosis
@@ -21,7 +20,8 @@ from gpurig.facts import gpu
 from gpurig.facts.gpu import GpuHost
 from gpurig.model.host import GpuState
 from gpurig.operations.diagnosed import DiagnosedCommand, diagnoses_now, note, stop
-from gpurig.plan.driver import Driver, DriverPlan, logged, sha256
+from gpurig.operations.reboot import reboot
+from gpurig.plan.driver import Driver, DriverPlan, logged, sha256, unit_command
 from gpurig.plan.system import apt_get
 from gpurig.plan.system import apt_install as apt_install_command
 from gpurig.preflight import Verdict
@@ -155,7 +155,9 @@ def _reboot_reason(state: GpuState, installing: bool) -> str | None:
         return None
     if not host.state.is_executing and installing:
         return f"driver {state.driver_version} is loaded and a new one is being installed"
-    installed = state.installed_driver
+    # The module a boot would load (modinfo, as the Ansible role's script reads it), else the
+    # version the driver packages installed.
+    installed = state.module_version or state.installed_driver
     if installed and state.driver_version and installed != state.driver_version:
         return f"the loaded module is {state.driver_version}, the installed driver {installed}"
     return None
@@ -184,7 +186,8 @@ def reboot_for_driver(
     allow: bool, installing: bool, timeout_s: int, verdict: Verdict | None
 ) -> Generator[Any, None, None]:
     """Reboot only when the installed driver is not the one loaded (or nouveau holds the GPU),
-    then wait for the host; where it cannot reboot (a container), say that a reboot is needed."""
+    then wait (bounded) for a new boot of the same host; where it cannot reboot (a container
+    that is no VM stand-in, a host without systemd), say that a reboot is needed."""
     state = host.get_fact(GpuHost)
     why = _reboot_reason(state, installing)
     if why is None:
@@ -194,10 +197,10 @@ def reboot_for_driver(
         note(verdict, f"reboot needed ({why}): nvidia.allow_reboot is false")
         return
     if not state.can_reboot:
-        where = "it is a container" if state.container else "it has no systemd"
+        where = "it is a container" if state.container and state.systemd else "it has no systemd"
         note(verdict, f"reboot needed ({why}): gpurig cannot reboot this host ({where})")
         return
-    yield from server.reboot._inner(delay=15, interval=5, reboot_timeout=timeout_s)
+    yield from reboot._inner(timeout_s=timeout_s, verdict=verdict)
 
 
 @operation()
@@ -240,9 +243,16 @@ def hold(packages: list[str], held: bool) -> Generator[Any, None, None]:
 
 @operation()
 def persistence(
-    wanted: bool, dropin: str, installing: bool, verdict: Verdict | None
+    wanted: bool,
+    dropin: str,
+    installing: bool,
+    verdict: Verdict | None,
+    context: Context | None = None,
 ) -> Generator[Any, None, None]:
-    """nvidia-persistenced in persistence mode, enabled and running; skipped without systemd."""
+    """nvidia-persistenced in persistence mode, enabled and running; skipped without systemd.
+
+    A daemon that does not start stops the host with the named reason: it needs the loaded
+    driver, and a host where it fails is not ready for jobs."""
     state = host.get_fact(GpuHost)
     if not wanted:
         yield from managed_file._inner(path=gpu.PERSISTENCED_DROPIN, content="", present=False)
@@ -254,17 +264,19 @@ def persistence(
     if unit_missing and (host.state.is_executing or not installing):
         note(verdict, "nvidia-persistenced is not installed: persistence mode not set")
         return
-    commands = []
+    commands: list[Any] = []
+    start = None
     if state.files.get(gpu.PERSISTENCED_DROPIN) != sha256(dropin):
         commands += list(managed_file._inner(path=gpu.PERSISTENCED_DROPIN, content=dropin))
-        commands += ["systemctl daemon-reload", "systemctl restart nvidia-persistenced"]
+        commands.append("systemctl daemon-reload")
+        start = "restart"
     if state.persistenced[1] != "enabled":
         commands.append("systemctl enable nvidia-persistenced")
-    if (
-        state.persistenced[0] != "active"
-        and "systemctl restart nvidia-persistenced" not in commands
-    ):
-        commands.append("systemctl start nvidia-persistenced")
+    if state.persistenced[0] != "active":
+        start = start or "start"
+    if start:
+        command = unit_command(start, "nvidia-persistenced")
+        commands.append(DiagnosedCommand(command, context or Context(), verdict))
     if not commands:
         host.noop("nvidia-persistenced runs in persistence mode")
     yield from commands

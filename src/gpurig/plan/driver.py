@@ -13,6 +13,7 @@ nvidia role both act on what `plan_driver` and `driver_section` decide.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpurig import compat
 from gpurig.diagnose import Context
-from gpurig.errors import GpurigError
+from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan.system import apt_get
@@ -47,6 +48,11 @@ CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
 CUDA_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
 UNCHANGED = "gpurig: unchanged"  # what a host-side step prints when it has nothing to do
 REBOOT_TIMEOUT_S = 900  # servers with many GPUs and a long POST take minutes
+ENV_REBOOT_TIMEOUT = "GPURIG_REBOOT_TIMEOUT_S"
+# What changes with every boot: the kernel's boot id (a VM's reboot), and PID 1's start time in
+# clock ticks since the kernel booted (also a container that its engine restarts: the sandbox's
+# VM stand-ins). Both front ends compare it before and after a reboot.
+BOOT_MARKER = "cat /proc/sys/kernel/random/boot_id; cut -d' ' -f22 /proc/1/stat"
 # Lines of an apt/dkms log worth a diagnosis; the rest stays in the log file on the host.
 LOG_SIGNATURES = (
     r"E: |error|warning: |dkms|headers|rejected|could not get lock|bad return|make\.log|"
@@ -317,7 +323,7 @@ class Driver:
     toolkit_source: str
     allow_reboot: bool
     can_reboot: bool  # a machine of its own under systemd (a container cannot)
-    reboot_timeout_s: int = REBOOT_TIMEOUT_S
+    reboot_timeout_s: int = field(default_factory=lambda: reboot_timeout_s())
     fabric: Fabric | None = None  # HGX boards: gpurig.plan.fabric.with_fabric fills it
 
 
@@ -367,4 +373,30 @@ def driver_section(
         toolkit_source=toolkit_source,
         allow_reboot=nvidia.allow_reboot,
         can_reboot=state.can_reboot,
+    )
+
+
+def reboot_timeout_s() -> int:
+    """The reboot's bound: REBOOT_TIMEOUT_S, or the controller's GPURIG_REBOOT_TIMEOUT_S (tests
+    of a host that does not come back shorten it)."""
+    text = os.environ.get(ENV_REBOOT_TIMEOUT, "").strip()
+    if not text:
+        return REBOOT_TIMEOUT_S
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{ENV_REBOOT_TIMEOUT}={text!r}: give whole seconds, 1 or more")
+    return int(text)
+
+
+def unit_command(action: str, unit: str) -> str:
+    """`systemctl ACTION UNIT.service`; when it fails, what the journal holds about it since the
+    action, after systemctl's own words (which say only "see journalctl"): the daemon's reason
+    is what names the failure. The daemon's lines are matched by its syslog identifier too
+    (the unit's name): journald cannot tell the unit of a process that has already exited. It
+    may not have read them yet either: sync and a second's grace, on failure only."""
+    service = shlex.quote(f"{unit}.service")
+    matches = f"_SYSTEMD_UNIT={service} + UNIT={service} + SYSLOG_IDENTIFIER={shlex.quote(unit)}"
+    return (  # plain words even on a terminal (Ansible's become runs in one)
+        f"export SYSTEMD_COLORS=0; since=$(date +%s); systemctl {action} {service} 2>&1 || {{ "
+        "rc=$?; journalctl --sync 2>/dev/null; sleep 1; "
+        f'journalctl --since "@$since" -n 20 --no-pager -o cat {matches} 2>&1; exit $rc; }}'
     )

@@ -15,7 +15,14 @@ from typing import Any
 from gpurig.diagnose import DKMS_MOK
 from gpurig.hostlayout import NONFREE_LIST, NOUVEAU_CONF, PERSISTENCED_DROPIN, UNATTENDED_CONF
 from gpurig.plan import fabric
-from gpurig.plan.driver import CUDA_KEYRING, UNCHANGED, Driver, logged
+from gpurig.plan.driver import (
+    BOOT_MARKER,
+    CUDA_KEYRING,
+    UNCHANGED,
+    Driver,
+    logged,
+    unit_command,
+)
 from gpurig.plan.system import apt_get
 
 REBOOT_NEEDED = "gpurig: reboot needed: "
@@ -90,8 +97,8 @@ def secure_boot_key() -> str:
 def load() -> str:
     return (
         'PATH="$PATH:/usr/sbin:/sbin"\n'
-        f"if grep -q '^nvidia ' /proc/modules; then echo \"{UNCHANGED}\"; exit 0; fi\n"
-        "if grep -q '^nouveau ' /proc/modules; then\n"
+        f'if [ -d /sys/module/nvidia ]; then echo "{UNCHANGED}"; exit 0; fi\n'
+        "if [ -d /sys/module/nouveau ]; then\n"
         f'  echo "{UNCHANGED}: nouveau holds the GPU: a reboot loads nvidia"; exit 0\n'
         "fi\n"
         "modprobe nvidia 2>&1\n"
@@ -103,10 +110,11 @@ def reboot_check() -> str:
     installed for the running kernel), or nothing."""
     return (
         'PATH="$PATH:/usr/sbin:/sbin"\n'
-        "if grep -q '^nouveau ' /proc/modules; then "
+        "if [ -d /sys/module/nouveau ]; then "
         f'echo "{REBOOT_NEEDED}nouveau holds the GPU"; exit 0; fi\n'
         "loaded=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' "
         "/proc/driver/nvidia/version 2>/dev/null | head -n 1)\n"
+        '[ -n "$loaded" ] || loaded=$(cat /sys/module/nvidia/version 2>/dev/null)\n'
         "installed=$(modinfo -F version nvidia 2>/dev/null | head -n 1)\n"
         'if [ -n "$loaded" ] && [ -n "$installed" ] && [ "$loaded" != "$installed" ]; then\n'
         f'  echo "{REBOOT_NEEDED}the loaded module is $loaded, the installed driver $installed"\n'
@@ -122,6 +130,29 @@ def smi_check(gpus: int) -> str:
         f'echo "{UNCHANGED}: nvidia-smi sees $n GPU(s)"; exit 0; fi\n'
         "printf '%s\\n' \"$out\"\n"
         f'echo "gpurig: nvidia-smi sees $n of the {int(gpus)} GPUs on the PCI bus"; exit 1\n'
+    )
+
+
+def persistence() -> str:
+    """nvidia-persistenced enabled and running, as the pyinfra stage leaves it. Its drop-in is a
+    file step before this one; the role puts `restart=1; ` in front of the script when that step
+    changed it. A daemon that does not start fails the step with its journal, which names it."""
+    unit = "nvidia-persistenced"
+    return (
+        f"enabled=$(systemctl is-enabled {unit} 2>/dev/null)\n"
+        'case "$enabled" in ""|not-found)\n'
+        f'  echo "{UNCHANGED}: {unit} is not installed: persistence mode not set"; exit 0 ;;\n'
+        "esac\n"
+        'changed=""\n'
+        'if [ "$enabled" != enabled ]; then\n'
+        f"  systemctl enable {unit} 2>&1 || exit 1; changed=1\n"
+        "fi\n"
+        'if [ -n "${restart:-}" ]; then\n'
+        f"  systemctl daemon-reload\n  {unit_command('restart', unit)}\n  changed=1\n"
+        f'elif [ "$(systemctl is-active {unit} 2>/dev/null)" != active ]; then\n'
+        f"  {unit_command('start', unit)}\n  changed=1\n"
+        "fi\n"
+        f'[ -n "$changed" ] || echo "{UNCHANGED}"\n'
     )
 
 
@@ -142,6 +173,8 @@ def scripts(driver: Driver) -> dict[str, str]:
     out["smi_check"] = smi_check(driver.gpus)
     if driver.fabric:
         out |= fabric_scripts(driver.fabric)
+    if driver.persistence:
+        out["persistence"] = persistence()
     if driver.toolkit:
         out["toolkit"] = install(driver.toolkit, "cuda-toolkit")
     return out
@@ -169,6 +202,7 @@ def names(driver: Driver) -> dict[str, str]:
         "toolkit": f"Install nvcc: {driver.toolkit_source}",
         "fabric_install": "Install the fabric manager at the driver's version",
         "fabric_service": "Start the fabric manager (nvidia-fabricmanager)",
+        "persistence": "Enable persistence mode (nvidia-persistenced)",
     }
 
 
@@ -180,6 +214,7 @@ def driver_json(driver: Driver) -> dict[str, Any]:
     data["cuda_keyring_url"] = driver.plan.cuda_repo + CUDA_KEYRING
     data["scripts"] = scripts(driver)
     data["names"] = names(driver)
+    data["boot_marker"] = BOOT_MARKER  # how the Ansible reboot tells a new boot
     data["paths"] = {
         "nonfree_list": NONFREE_LIST,
         "nouveau_conf": NOUVEAU_CONF,

@@ -56,20 +56,34 @@ FIRST_BOOT_APT = "etc/systemd/system/gpurig-first-boot-apt.service"
 MULTI_USER_WANTS = "etc/systemd/system/multi-user.target.wants"
 
 
+# A systemd host is a VM stand-in: a reboot ends its PID 1 and the engine starts the same
+# container again (restart_policy below), with its disk, host keys and port. The GPU fact reads
+# this file so that the driver stage's reboot runs here as on a VM; a container without it
+# (a real one) still gets "gpurig cannot reboot this host".
+VM_STANDIN_TEXT = """\
+# Written by `gpurig sandbox up`: this container stands in for a VM. Its engine restarts it
+# when a reboot ends its PID 1 (restart policy unless-stopped): same disk, host keys and port.
+"""
+
+
 class PortTaken(Exception):
     """Another process bound the port between our probe and sshd's bind."""
 
 
-def container_options(init: str) -> dict[str, Any]:
-    """docker create arguments (besides image, name, labels, network) for this kind of host."""
+def container_options(init: str, pretend_driver: bool = False) -> dict[str, Any]:
+    """docker create arguments (besides image, name, labels, network) for this kind of host;
+    a pretend driver gets its own /sys/module (see doubles.pretend_driver_files)."""
     if init == "none":
         # A real PID 1 reaps what deploys leave running, as init does.
         return {"command": ["/bin/sh", "-ec", NO_INIT_SCRIPT], "init": True}
+    tmpfs = {"/run": "", "/run/lock": ""}
+    if pretend_driver:
+        tmpfs["/sys/module"] = ""
     return {
         "command": ["/lib/systemd/systemd"],
         "environment": {"container": "docker"},
         "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
-        "tmpfs": {"/run": "", "/run/lock": ""},
+        "tmpfs": tmpfs,
         "stop_signal": "SIGRTMIN+3",  # systemd's halt; it ignores the default SIGTERM
         # A reboot inside ends PID 1 with status 0, as a poweroff does: the engine starts the
         # same container again (name, port, host keys, disk), except after `docker stop`.
@@ -83,8 +97,10 @@ def host_archive(
     port: int,
     *,
     first_boot_apt: bool = False,
+    links: dict[str, str] | None = None,
 ) -> bytes:
-    """A tar of what a host gets before it starts: controller key, sshd's address, doubles."""
+    """A tar of what a host gets before it starts: controller key, sshd's address, doubles
+    (and `links`, path -> target, as `systemctl enable` makes them)."""
     entries: list[tuple[str, int, int, str]] = [
         (f"home/{SANDBOX_USER}/.ssh/authorized_keys", 0o600, SANDBOX_UID, public_key + "\n"),
         (LISTEN_CONF, 0o644, 0, f"Port {port}\nListenAddress {LOOPBACK}\n"),
@@ -109,9 +125,12 @@ def host_archive(
                 now,
             )
             tar.addfile(info, io.BytesIO(data))
+        symlinks = dict(links or {})
         if first_boot_apt:  # enabled, as `systemctl enable` would link it
-            link = tarfile.TarInfo(f"{MULTI_USER_WANTS}/gpurig-first-boot-apt.service")
-            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, f"/{FIRST_BOOT_APT}", now
+            symlinks[f"{MULTI_USER_WANTS}/gpurig-first-boot-apt.service"] = f"/{FIRST_BOOT_APT}"
+        for path, target in symlinks.items():
+            link = tarfile.TarInfo(path.lstrip("/"))
+            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, target, now
             tar.addfile(link)
     return buffer.getvalue()
 

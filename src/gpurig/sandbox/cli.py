@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start apt-daily and unattended-upgrades at boot (they hold the dpkg lock)",
     )
+    up.add_argument(
+        "--pretend-driver",
+        metavar="VERSION",
+        help="test double (with --pretend-gpu, systemd): an NVIDIA module of this version "
+        "loads at each boot; nvidia-smi and modinfo answer for it",
+    )
 
     actions.add_parser("list", help="show this state dir's hosts")
     actions.add_parser("down", help="remove this state dir's hosts and files")
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             pretend_secure_boot=args.pretend_secure_boot,
             init=args.init,
             first_boot_apt=args.first_boot_apt,
+            pretend_driver=args.pretend_driver,
         )
         console.print(f"started {len(started)} host(s) in {time.monotonic() - began:.1f} s")
         _print_fleet(fleet)

@@ -14,6 +14,7 @@ nvidia-smi where /proc/driver/nvidia does not show it).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gpurig.errors import UsageError
@@ -156,21 +157,29 @@ def fact_lines(sku: GpuSku) -> list[str]:
 
 
 def nvidia_smi_script(sku: GpuSku) -> str:
-    """nvidia-smi on a host with these GPUs and the SKU's driver loaded: `--query-gpu=F,...` rows
-    (the fields gpurig and bloomkit ask for; [N/A] for others), else a one-line summary."""
+    """nvidia-smi on a host with these GPUs and a loaded driver: the SKU's own (the 535 shapes)
+    or, without one, the pretend module's while /sys/module/nvidia says it is loaded
+    (--pretend-driver). `--query-gpu=F,...` rows (the fields gpurig and bloomkit ask for; [N/A]
+    for others), else a one-line summary; with no module, nvidia-smi's own failure."""
     rows = "\n".join("|".join(row) for row in _smi_rows(sku))
+    loaded = sku.driver or "$(cat /sys/module/nvidia/version 2>/dev/null)"
     return f"""#!/bin/sh
-# gpurig sandbox test double: {sku.description}; nvidia-smi as that loaded driver answers.
+# gpurig sandbox test double: {sku.description}; nvidia-smi as the loaded driver answers.
+loaded={loaded}
+if [ -z "$loaded" ]; then
+  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."
+  exit 9
+fi
 query=""
 for arg in "$@"; do case "$arg" in --query-gpu=*) query="${{arg#--query-gpu=}}" ;; esac; done
 if [ -z "$query" ]; then
-  echo "NVIDIA-SMI {sku.driver}  Driver Version: {sku.driver}  ({sku.gpus} GPU)"; exit 0
+  echo "NVIDIA-SMI $loaded  Driver Version: $loaded  ({sku.gpus} GPU)"; exit 0
 fi
 while IFS='|' read -r bus index name driver cc memory uuid; do
   out=""
   for field in $(echo "$query" | tr , ' '); do
     case "$field" in
-      pci.bus_id) v=$bus ;; index) v=$index ;; name) v=$name ;; driver_version) v=$driver ;;
+      pci.bus_id) v=$bus ;; index) v=$index ;; name) v=$name ;; driver_version) v=$loaded ;;
       compute_cap) v=$cc ;; memory.total) v=$memory ;; uuid) v=$uuid ;; *) v="[N/A]" ;;
     esac
     out="${{out:+$out, }}$v"
@@ -179,7 +188,7 @@ while IFS='|' read -r bus index name driver cc memory uuid; do
 done <<'EOF'
 {rows}
 EOF
-"""
+"""  # noqa: E501
 
 
 MOKUTIL_SCRIPT = """#!/bin/sh
@@ -200,3 +209,58 @@ def host_files(pretend_gpu: str | None, pretend_secure_boot: bool) -> dict[str, 
     if pretend_secure_boot:
         files[MOKUTIL_PATH] = (0o755, MOKUTIL_SCRIPT)
     return files
+
+
+# --pretend-driver VERSION (systemd hosts with --pretend-gpu): the driver's user-space view of
+# a loaded module. The container's /sys/module is its own tmpfs (emptied by every restart, as a
+# reboot unloads every module); at boot a unit "loads" the installed module by writing
+# /sys/module/nvidia/version from the installed version in PRETEND_DRIVER_PATH, which a test
+# changes to stand for a driver upgraded under the loaded module. modinfo and nvidia-smi
+# stand-ins answer from those two files. Facts read the loaded module from sysfs, which on a
+# real host says what /proc/modules and /proc/driver/nvidia/version say.
+PRETEND_DRIVER_PATH = "/etc/gpurig-pretend-driver"
+MODINFO_PATH = "/usr/local/bin/modinfo"
+PRETEND_DRIVER_UNIT = "/etc/systemd/system/gpurig-pretend-driver.service"
+PRETEND_DRIVER_UNIT_TEXT = f"""\
+[Unit]
+Description=gpurig sandbox test double: the kernel loads the installed NVIDIA module at boot
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/mkdir -p /sys/module/nvidia
+ExecStart=/bin/cp {PRETEND_DRIVER_PATH} /sys/module/nvidia/version
+
+[Install]
+WantedBy=sysinit.target
+"""
+PRETEND_DRIVER_LINK = "/etc/systemd/system/sysinit.target.wants/gpurig-pretend-driver.service"
+MODINFO_SCRIPT = f"""#!/bin/sh
+# gpurig sandbox test double: the nvidia module installed for the running kernel is the
+# version in {PRETEND_DRIVER_PATH}; any other module is the real modinfo's.
+last=""; for a in "$@"; do last="$a"; done
+case " $* " in *" -F version "*)
+  if [ "$last" = nvidia ]; then cat {PRETEND_DRIVER_PATH}; exit 0; fi ;;
+esac
+exec /sbin/modinfo "$@"
+"""
+
+
+def pretend_driver_files(
+    pretend_gpu: str | None, pretend_driver: str | None
+) -> dict[str, tuple[int, str]]:
+    """The pretend driver's files (path -> (mode, content)); its boot unit is linked by
+    PRETEND_DRIVER_LINK."""
+    if not pretend_driver:
+        return {}
+    if not pretend_gpu:
+        raise UsageError("--pretend-driver needs --pretend-gpu: a driver needs a GPU to drive")
+    if not re.fullmatch(r"\d+\.\d+(?:\.\d+)?", pretend_driver):
+        raise UsageError(f"--pretend-driver {pretend_driver!r}: give a version such as 535.261.03")
+    return {
+        PRETEND_DRIVER_PATH: (0o644, pretend_driver + "\n"),
+        NVIDIA_SMI_PATH: (0o755, nvidia_smi_script(resolve_sku(pretend_gpu))),
+        MODINFO_PATH: (0o755, MODINFO_SCRIPT),
+        PRETEND_DRIVER_UNIT: (0o644, PRETEND_DRIVER_UNIT_TEXT),
+    }

@@ -24,10 +24,12 @@ from docker.errors import NotFound
 from docker.models.containers import Container
 
 from gpurig.errors import GpurigError, UsageError
+from gpurig.hostlayout import VM_STANDIN_MARKER
 from gpurig.sandbox import doubles
 from gpurig.sandbox.boot import (
     INITS,
     LOOPBACK,
+    VM_STANDIN_TEXT,
     PortTaken,
     container_options,
     host_archive,
@@ -94,11 +96,13 @@ class Fleet:
         pretend_secure_boot: bool = False,
         init: str = "systemd",
         first_boot_apt: bool = False,
+        pretend_driver: str | None = None,
     ) -> list[SandboxHost]:
         """Start `count` more hosts and wait until each accepts a real SSH login.
 
         init="none" runs sshd alone (no systemd); first_boot_apt starts apt-daily and
-        unattended-upgrades as a systemd host comes up, so a deploy meets a held dpkg lock.
+        unattended-upgrades as a systemd host comes up, so a deploy meets a held dpkg lock;
+        pretend_driver (a version) loads a pretend NVIDIA module of that version at each boot.
         """
         if count < 1:
             raise UsageError(f"host count must be 1 or more, not {count}")
@@ -108,7 +112,13 @@ class Fleet:
             raise UsageError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
         if first_boot_apt and init == "none":
             raise UsageError("first-boot apt needs systemd hosts (it starts apt-daily's units)")
+        if pretend_driver and init == "none":
+            raise UsageError("a pretend driver needs systemd hosts (a boot unit loads it)")
         files = doubles.host_files(pretend_gpu, pretend_secure_boot)  # checks the SKU early
+        files |= doubles.pretend_driver_files(pretend_gpu, pretend_driver)
+        links = {doubles.PRETEND_DRIVER_LINK: doubles.PRETEND_DRIVER_UNIT} if pretend_driver else {}
+        if init == "systemd":
+            files[VM_STANDIN_MARKER] = (0o644, VM_STANDIN_TEXT)
         sku = doubles.resolve_sku(pretend_gpu).name if pretend_gpu else None
         image = ensure_base_image(os, "sandbox", client=self.client)
         with self.state.locked():
@@ -126,9 +136,11 @@ class Fleet:
                 )
 
                 def archive(port: int) -> bytes:
-                    return host_archive(public_key, files, port, first_boot_apt=first_boot_apt)
+                    return host_archive(
+                        public_key, files, port, first_boot_apt=first_boot_apt, links=links
+                    )
 
-                return self._start_host(host, image.tag, archive)
+                return self._start_host(host, image.tag, archive, bool(pretend_driver))
 
             started = _parallel(start, zip(names, ports, strict=True), on_error=self._remove)
             self.state.save_hosts([*existing, *started])
@@ -203,7 +215,11 @@ class Fleet:
         return {c.labels.get(HOST_LABEL, c.name): c.status for c in self._containers()}
 
     def _start_host(
-        self, host: SandboxHost, image: str, archive: Callable[[int], bytes]
+        self,
+        host: SandboxHost,
+        image: str,
+        archive: Callable[[int], bytes],
+        pretend_driver: bool = False,
     ) -> SandboxHost:
         """Create, fill and start one host's container; a new port if another process won ours."""
         port = host.port
@@ -221,7 +237,7 @@ class Fleet:
                 hostname=host.name,
                 extra_hosts={host.name: LOOPBACK},
                 detach=True,
-                **container_options(host.init),
+                **container_options(host.init, pretend_driver),
             )
             try:
                 container.put_archive("/", archive(port))
