@@ -42,7 +42,11 @@ def _run(script: str) -> list[str]:
         ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.splitlines()
+    return (
+        models.missing(done.stdout.splitlines())
+        if "checked" in done.stdout
+        else done.stdout.splitlines()
+    )
 
 
 def _push(step: Models, needed: list[str]) -> None:

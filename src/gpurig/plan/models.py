@@ -28,6 +28,7 @@ from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
 CHANGED = "gpurig: changed: "
+CHECKED = "checked"  # the check's last line: it ran to its end (a cut-off check proves nothing)
 # The Hub's download, run by the venv's python as the service user; the revision is pinned.
 DOWNLOAD = (
     "import sys; from huggingface_hub import snapshot_download; "
@@ -81,7 +82,8 @@ class Models(Step):
     user: str = ""
     models: list[str] = field(default_factory=list)  # repo@revision, for messages
     uploads: list[ModelUpload] = field(default_factory=list)
-    check: str = ""  # `need NAME` (upload it), `link REPO`, `fetch REPO`; nothing: converged
+    # Prints `need NAME` (push it), `link REPO`, `fetch REPO` for what is missing, then CHECKED.
+    check: str = ""
     script: str = ""  # run as root
 
 
@@ -279,9 +281,15 @@ def step(stack: Stack, controller_models: list[PushedModel]) -> Models:
         user=user,
         models=[f"{m.repo}@{m.revision}" for m in stack.models],
         uploads=sorted(uploads.values(), key=lambda u: u.name),
-        check=_as_user(user, "\n".join(check)),
+        check=_as_user(user, "\n".join([*check, f"echo {CHECKED}"])),
         script=script + "\n",
     )
+
+
+def missing(lines: list[str]) -> list[str]:
+    """What the check's output says the host lacks; ["unchecked"] when it did not finish."""
+    said = [line.strip() for line in lines if line.strip()]
+    return [line for line in said if line != CHECKED] if CHECKED in said else ["unchecked"]
 
 
 def steps(stack: Stack, controller_models: list[PushedModel]) -> list[Step]:
