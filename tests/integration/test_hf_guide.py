@@ -100,6 +100,17 @@ def _blobs(fleet: SandboxFleet, host: str, model: str) -> dict[str, str]:
     return {w[0]: " ".join(w[1:]) for w in (ln.split() for ln in out.splitlines()) if len(w) == 4}
 
 
+def _corrupt(fleet: SandboxFleet, host: str, model: str, blob: str) -> None:
+    """One byte of the blob changed in place: same size, wrong hash."""
+    code, out = fleet.ssh(
+        host,
+        f"sudo -n sh -c 'printf X | dd of=/var/cache/gpurig/huggingface/hub/{model}/blobs/"
+        f"{blob} bs=1 seek=100 conv=notrunc status=none'",
+    )
+    assert code == 0, out
+    assert _blobs(fleet, host, model)[blob].split()[2] != blob
+
+
 def test_models_are_pushed_checked_and_kept(
     deployed: SandboxFleet, tiny_bloom_hub, tmp_path: Path
 ) -> None:
@@ -140,13 +151,36 @@ def test_models_are_pushed_checked_and_kept(
     assert _blobs(deployed, host, model) == placed
 
     # Same size, wrong bytes: the next deploy's check finds it and pushes it again.
-    code, out = deployed.ssh(
-        host,
-        f"sudo -n sh -c 'printf X | dd of=/var/cache/gpurig/huggingface/hub/{model}/blobs/"
-        f"{weights} bs=1 seek=100 conv=notrunc status=none'",
-    )
-    assert code == 0, out
-    assert _blobs(deployed, host, model)[weights].split()[2] != weights
+    _corrupt(deployed, host, model, weights)
     output = _deploy_models(deployed, stack, hub, tmp_path / "r3")
     assert "model push 1/1" in output, output[-3000:]
+    assert _blobs(deployed, host, model)[weights].split()[2] == weights
+
+    # The Ansible front end on the same host: it repairs the same corruption with the same
+    # check and script, and a second run changes nothing.
+    _corrupt(deployed, host, model, weights)
+    ansible = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i", str(deployed.ansible_inventory), "playbooks/gpu.yml",
+        "--limit", host, "-e", '{"gpurig_skip_smoke": true}',
+    ]  # fmt: skip
+    env = {
+        **deployed.env,
+        "GPURIG_STACK": str(stack),
+        "GPURIG_REPORTS_DIR": str(tmp_path / "ansible"),
+        "HF_HUB_CACHE": str(hub),
+        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    for attempt in ("repair", "again"):
+        run = subprocess.run(
+            ansible, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+            timeout=MODELS_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        recap = run.stdout.rsplit("PLAY RECAP", 1)[-1]
+        if attempt == "again":
+            assert "changed=0" in recap, run.stdout[-4000:]
+        else:
+            assert "Place the models in the HF cache" in run.stdout
     assert _blobs(deployed, host, model)[weights].split()[2] == weights

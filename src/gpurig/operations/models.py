@@ -15,10 +15,11 @@ from typing import Any
 
 from paramiko import SFTPClient
 from pyinfra import logger
-from pyinfra.api import FactBase, State
 from pyinfra.api.command import FunctionCommand, StringCommand
+from pyinfra.api.facts import FactBase
 from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
+from pyinfra.api.state import State
 from pyinfra.context import host
 
 from gpurig.plan.models import Models, ModelUpload, missing
