@@ -68,6 +68,7 @@ def upload(state: State, host: Host, uploads: list[ModelUpload], incoming: str) 
     """Each file to incoming/<name> as the SSH user; the script checks it by hash next."""
     connect = getattr(host.connector, "get_file_transfer_connection", None)
     sftp = connect() if connect else None
+    began = time.monotonic()
     for i, item in enumerate(uploads, 1):
         dest = f"{incoming}/{item.name}"
         logger.info(
@@ -79,6 +80,12 @@ def upload(state: State, host: Host, uploads: list[ModelUpload], incoming: str) 
             sftp.put(item.src, dest, callback=callback, confirm=True)
         elif not host.put_file(item.src, dest):
             return False
+    seconds = max(time.monotonic() - began, 1e-6)
+    total = sum(u.size for u in uploads)
+    logger.info(
+        f"{host.print_prefix}model push: {len(uploads)} file(s), {_mb(total)} in "
+        f"{seconds:.1f} s ({total / seconds / 1e6:.0f} MB/s)"
+    )
     return True
 
 
