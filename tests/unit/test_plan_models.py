@@ -16,6 +16,7 @@ from gpurig.errors import UsageError
 from gpurig.hostlayout import model_dir
 from gpurig.plan import models
 from gpurig.plan.models import Models
+from gpurig.sandbox.hubcache import lay_out
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as the service user")
@@ -202,3 +203,26 @@ def test_source_follows_offline_unless_set(tmp_path: Path) -> None:
     forced = _stack(tmp_path, [{**entry, "source": "controller"}])
     assert len(models.pushed(forced)) == 1
     assert models.steps(_stack(tmp_path, []), []) == []
+
+
+def test_odd_file_names_and_folders_stay_literal(host: Path, tmp_path: Path) -> None:
+    """A repo's file names are the repo owner's: spaces, quotes and `$(...)` stay names."""
+    work = tmp_path / "files"
+    work.mkdir()
+    names = ["sub dir/it's $(touch x).json", "a/b/c.bin", "top.txt"]
+    files = {}
+    for i, name in enumerate(names):
+        path = work / f"f{i}"
+        path.write_bytes(f"content {i}\n".encode())
+        files[name] = path
+    hub = tmp_path / "controller" / "hub"
+    rev = lay_out(hub, "org/odd", files)
+    step = _step(host, hub, "org/odd", rev)
+    _push(step, _run(step.check))
+    _run(step.script)
+    assert _run(step.check) == []
+    snapshot = host / "hf/hub/models--org--odd/snapshots" / rev
+    for i, name in enumerate(names):
+        assert (snapshot / name).read_text() == f"content {i}\n"
+    assert not (Path("/") / "x").exists()
+    assert not list(host.rglob("x"))
