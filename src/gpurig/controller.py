@@ -15,12 +15,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gpurig import bloomkit_wheel, loading, overrides, plan, wheelhouse
+from gpurig import bloomkit_wheel, hfcache, loading, overrides, plan, wheelhouse
 from gpurig.bloomkit_wheel import Wheel
-from gpurig.errors import UsageError
+from gpurig.errors import GpurigError, UsageError
 from gpurig.lock import Lock, _uv
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan import ControllerFiles, HostPlan
+from gpurig.plan.models import pushed
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
@@ -69,6 +70,7 @@ class Controller:
             ca_sha256=file_sha256(ca) if ca else None,
             requirements=self.lock.requirements(target).read_text(),
             wheels=wheelhouse.host_wheels(stack, self.lock, target, self.wheel),
+            models=[hfcache.snapshot(m.repo, m.revision) for m in pushed(stack)],
         )
 
     def host_plan(
@@ -84,5 +86,9 @@ class Controller:
         except UsageError as error:  # invalid host data: that host stops, the others go on
             return plan.build(self.stack, facts, Verdict(problems=[str(error)]), None)
         verdict = self.verdict(stack, facts)
-        files = self.files(stack, verdict) if verdict.ok and verdict.target else None
+        try:
+            files = self.files(stack, verdict) if verdict.ok and verdict.target else None
+        except GpurigError as error:  # a model missing from the controller's cache: this host
+            verdict.problems.append(str(error))
+            files = None
         return plan.build(stack, facts, verdict, files, gpu, apt_sources, values)

@@ -26,6 +26,8 @@ APT_PROXY_FILE = "/etc/apt/apt.conf.d/90gpurig-proxy"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's store, what every tool reads
 PYTHON_DIR = "/opt/gpurig/python"  # uv-managed Pythons, when the distribution's does not fit
 REQUIREMENTS_DIR = "/var/cache/gpurig/requirements"  # what each venv is built from
+# Pushed model files land here (root's, outside the service user's cache) until checked.
+MODELS_INCOMING = "/var/cache/gpurig/incoming"
 LOG_DIR = "/var/log/gpurig"  # full logs of the driver steps; their output names the failure
 # The driver stage's files.
 NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"
@@ -65,6 +67,16 @@ class Layout:
 
     def venv_dir(self, target: Target, bloomkit_sha256: str) -> str:
         return f"{self.venvs_dir}/{venv_id(target, bloomkit_sha256)}"
+
+
+def hub_dir(hf_home: str) -> str:
+    """The Hub cache inside HF_HOME, as huggingface_hub lays it out (HF_HUB_CACHE's default)."""
+    return f"{hf_home.rstrip('/')}/hub"
+
+
+def model_dir(repo: str) -> str:
+    """A model's folder in the Hub cache: org/name -> models--org--name."""
+    return "models--" + repo.replace("/", "--")
 
 
 def venv_id(target: Target, bloomkit_sha256: str) -> str:

@@ -256,6 +256,39 @@ class Smoke(Strict):
     timeout_s: int = Field(900, ge=30, le=86400, description="smoke is stopped after this long")
 
 
+HUB_REPO = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubModel(Strict):
+    repo: str = Field(description="Hugging Face repo id (org/name)")
+    revision: str = Field(description="the commit to place: 40 hex digits, never a branch")
+    source: Literal["auto", "hub", "controller"] = Field(
+        "auto",
+        description="hub: the host downloads it; controller: pushed from the controller's HF "
+        "cache; auto: pushed to offline hosts (install.offline), downloaded elsewhere",
+    )
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        # The Hub's own rules: its cache folder (models--org--name) must map back one way.
+        bad = not HUB_REPO.fullmatch(value) or "--" in value or ".." in value
+        if bad or value.endswith((".", "-", ".git")):
+            raise ValueError(f"{shown(value)} is not a Hugging Face repo id like org/name")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _commit(cls, value: str) -> str:
+        if not COMMIT.fullmatch(value):
+            raise ValueError(
+                f"{shown(value)} is not a commit: pin the 40-hex sha the Hub shows for it, "
+                "so every host gets the same files"
+            )
+        return value
+
+
 class Stack(Strict):
     version: Literal[1] = Field(1, description="schema version of this file")
     python: list[PythonVersion] = Field(min_length=1, description="Python versions hosts may run")
@@ -275,6 +308,11 @@ class Stack(Strict):
     sources: Sources = Sources()
     install: Install = Install()
     smoke: Smoke = Smoke()
+    models: list[HubModel] = Field(
+        default_factory=list,
+        description="models placed in every host's HF cache (host.hf_home) at a pinned "
+        "revision, each file checked against the snapshot's hashes (docs/stack.md)",
+    )
 
     @field_validator("python")
     @classmethod
@@ -295,6 +333,15 @@ class Stack(Strict):
             if not PIN.fullmatch(pin):
                 raise ValueError(f"{name}: {shown(pin)} is not an exact version like 4.57.1")
         return value
+
+    @field_validator("models")
+    @classmethod
+    def _models_once(cls, values: list[HubModel]) -> list[HubModel]:
+        repos = [m.repo.lower() for m in values]
+        twice = next((m.repo for m in values if repos.count(m.repo.lower()) > 1), None)
+        if twice:
+            raise ValueError(f"{shown(twice)} is listed twice: one revision per model")
+        return values
 
     def digest(self) -> str:
         """Hash of what decides the lock: a changed pin or source means a stale lock."""

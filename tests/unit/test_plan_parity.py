@@ -32,6 +32,7 @@ from gpurig.facts.gpu import parse as parse_gpu_fact
 from gpurig.lock import load as load_lock
 from gpurig.model.host import GpuState, HostFacts, pci_gpu
 from gpurig.plan import ControllerFiles, HostPlan
+from gpurig.plan.models import ModelFile, PushedModel
 from gpurig.plan.steps import WheelFile
 from gpurig.sandbox import doubles
 
@@ -144,6 +145,18 @@ FIXTURES = {
     "proxy": Fixture(
         "debian", "12", "3.11", stack={"network": {"proxy": "http://proxy.corp:3128"}}
     ),
+    # stack.yml's models: one pushed from the controller's cache, one the host downloads.
+    "models": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        stack={
+            "models": [
+                {"repo": "org/pushed", "revision": "a" * 40, "source": "controller"},
+                {"repo": "org/fetched", "revision": "b" * 40},
+            ]
+        },
+    ),
 }
 
 
@@ -152,7 +165,10 @@ def _stack(fixture: Fixture) -> spec.Stack:
     data = stack.model_dump()
     data["python"] = sorted({*data["python"], fixture.python3})
     for section, values in (fixture.stack or {}).items():
-        data[section].update(values)
+        if isinstance(values, list):
+            data[section] = values
+        else:
+            data[section].update(values)
     return spec.Stack.model_validate(data)
 
 
@@ -180,6 +196,12 @@ def make_plan(fixture: Fixture, tmp_path: Path, refused: bool = False) -> HostPl
         ca_sha256="ef" * 32 if stack.network.ca_bundle else None,
         requirements="torch==2.13.0 --hash=sha256:00\n",
         wheels=[WheelFile(wheel.path.name, str(wheel.path), wheel.sha256)],
+        models=[
+            PushedModel(
+                m.repo, m.revision, [ModelFile("config.json", "c" * 40, 2)], {"c" * 40: "/c"}
+            )
+            for m in host_plan.models.pushed(stack)
+        ],
     )
     built = host_plan.build(stack, facts, verdict, files, fixture.gpu, SOURCES, {})
     assert built.ok != refused, built.verdict.problems
@@ -320,6 +342,7 @@ def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
     assert not on_535.driver.install
     assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
     assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]
+    assert plans["models"].stage("llm_env")[-1].id == "llm_env.models"
 
 
 def _pyinfra_commands(built: HostPlan) -> dict[str, list[str]]:

@@ -11,8 +11,10 @@ from pathlib import Path
 from pyinfra.operations import files as pyinfra_files
 
 from gpurig.operations import apt, files, users
+from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
 from gpurig.operations.venv import locked_venv
+from gpurig.plan.models import Models
 from gpurig.plan.steps import (
     AptPackages,
     Directories,
@@ -78,5 +80,7 @@ def apply(step: Step) -> None:
         )
     elif isinstance(step, Venv):
         locked_venv(name=step.name, step=step)
+    elif isinstance(step, Models):
+        placed(name=step.name, step=step)
     else:
         raise TypeError(f"no pyinfra renderer for {type(step).__name__} ({step.id})")

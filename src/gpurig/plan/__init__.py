@@ -21,7 +21,7 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import driver_scripts, python, smoke, system, venv
+from gpurig.plan import driver_scripts, models, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.fabric import with_fabric
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
@@ -42,6 +42,7 @@ class ControllerFiles:
     ca_sha256: str | None  # of network.ca_bundle, when set
     requirements: str  # the lock's requirements text for the host's target
     wheels: list[WheelFile]  # everything to push (wheelhouse.host_wheels)
+    models: list[models.PushedModel] = field(default_factory=list)  # snapshots to push
 
 
 @dataclass
@@ -181,7 +182,8 @@ def build(
                 verdict.uv_python,
                 files.requirements,
                 files.wheels,
-            ),
+            )
+            + models.steps(stack, files.models),
         ),
         Stage(
             "verify",

@@ -3,7 +3,8 @@
 A front end that checks each step on its own pays one round trip per step on a converged host
 (Ansible's copy module: a stat and a checksum each). `probe_command(plan)` asks the host about
 every step it can check cheaply (files by sha256, owner, group and mode; folders; apt packages;
-the service user) in one `sh` script run as root, and `converged(plan, output)` names the steps
+the service user; wheels by size; models by every file's hash) in one `sh` script run as root,
+and `converged(plan, output)` names the steps
 whose every check passed. Nothing is skipped that was not checked: a step the probe cannot
 judge (a pinned apt version, a script step) is never reported converged.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+from gpurig.plan.models import CHECKED, Models
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step, Wheels
 
 FOLDERS = "folders"  # the pseudo step: every folder the plan's files go into exists
@@ -27,7 +29,7 @@ def _checkable(step: Step) -> bool:
     if isinstance(step, AptPackages):
         # Names only: a pinned version or an architecture is left to apt to judge.
         return bool(step.packages) and not any(set(p) & set("=:") for p in step.packages)
-    return isinstance(step, File | Directories | ServiceUser | Wheels)
+    return isinstance(step, File | Directories | ServiceUser | Wheels | Models)
 
 
 def _probe(step: Step) -> str:
@@ -57,6 +59,8 @@ def _probe(step: Step) -> str:
         )
     if isinstance(step, Wheels):
         return f"find {q(step.directory)} -maxdepth 1 -type f -printf 'wheel %s %f\\n' 2>/dev/null"
+    if isinstance(step, Models):  # the plan's own check: it prints nothing on a converged host
+        return f"( {step.check} ) 2>/dev/null"
     raise AssertionError(f"no probe for {step.kind}")
 
 
@@ -115,6 +119,8 @@ def _step_converged(step: Step, lines: list[list[str]]) -> bool:
     if isinstance(step, Wheels):
         sized = {(w[1], w[2]) for w in lines if w[0] == "wheel" and len(w) == 3}
         return all((str(wheel.size), wheel.name) in sized for wheel in step.wheels)
+    if isinstance(step, Models):  # the check ran to its end and found nothing missing
+        return lines == [[CHECKED]]
     return False
 
 

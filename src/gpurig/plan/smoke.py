@@ -22,9 +22,14 @@ def smoke_args(stack: Stack, has_gpu: bool) -> list[str]:
     return args
 
 
-def command(user: str, report: str, timeout_s: int, args: list[str]) -> str:
-    """A login shell of the service user: /etc/profile.d puts the venv on its PATH."""
+def command(user: str, report: str, timeout_s: int, args: list[str], offline: bool = False) -> str:
+    """A login shell of the service user: /etc/profile.d puts the venv on its PATH.
+
+    offline: the model is one the deploy placed in the HF cache (stack.yml's models), so the
+    smoke reads it from there and never asks the Hub (HF_HUB_OFFLINE=1)."""
     smoke = shlex.join(["bloomkit", "smoke", "--json", report, *args])
+    if offline:
+        smoke = f"HF_HUB_OFFLINE=1 {smoke}"
     return (
         f"rm -f {shlex.quote(report)}; "
         f"timeout -k 15 {int(timeout_s)} runuser -l {shlex.quote(user)} "
@@ -57,6 +62,10 @@ def step(stack: Stack, has_gpu: bool) -> Smoke:
         report=stack.host.report,
         timeout_s=stack.smoke.timeout_s,
         command=command(
-            stack.host.user, stack.host.report, stack.smoke.timeout_s, smoke_args(stack, has_gpu)
+            stack.host.user,
+            stack.host.report,
+            stack.smoke.timeout_s,
+            smoke_args(stack, has_gpu),
+            offline=stack.smoke.model in {m.repo for m in stack.models},
         ),
     )

@@ -1,0 +1,228 @@
+"""The models step (gpurig.plan.models): its scripts run here, on a local folder standing in
+for a host's HF cache, with a tiny BLOOM laid out in a controller-side cache (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpurig import hfcache, spec
+from gpurig.errors import UsageError
+from gpurig.hostlayout import model_dir
+from gpurig.plan import models
+from gpurig.plan.models import Models
+from gpurig.sandbox.hubcache import lay_out
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as the service user")
+
+
+def _stack(hf_home: Path, entries: list[dict[str, str]], offline: bool = False) -> spec.Stack:
+    data = spec.load(REPO_ROOT / "stack.yml").model_dump()
+    data["host"] = {**data["host"], "hf_home": str(hf_home), "user": "root"}
+    data["models"] = entries
+    if offline:
+        data["install"] = {"offline": True, "wheelhouse": "/srv/w"}
+    return spec.Stack.model_validate(data)
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder standing in for the host: its HF_HOME and the incoming folder."""
+    monkeypatch.setattr(models, "MODELS_INCOMING", str(tmp_path / "incoming"))
+    return tmp_path
+
+
+def _run(script: str) -> list[str]:
+    done = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return (
+        models.missing(done.stdout.splitlines())
+        if "checked" in done.stdout
+        else done.stdout.splitlines()
+    )
+
+
+def _push(step: Models, needed: list[str]) -> None:
+    """What a front end does between the check and the script: the needed uploads."""
+    incoming = Path(step.incoming)
+    incoming.mkdir(mode=0o700, exist_ok=True)
+    names = {line.split()[1] for line in needed if line.startswith("need ")}
+    for upload in step.uploads:
+        if upload.name in names:
+            shutil.copyfile(upload.src, incoming / upload.name)
+
+
+def _step(host: Path, hub: Path, repo: str, rev: str) -> Models:
+    stack = _stack(host / "hf", [{"repo": repo, "revision": rev}], offline=True)
+    pushed = [hfcache.snapshot(m.repo, m.revision, hub) for m in models.pushed(stack)]
+    (step,) = models.steps(stack, pushed)
+    assert isinstance(step, Models)
+    return step
+
+
+def test_push_places_checks_and_converges(host: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    needed = _run(step.check)
+    assert sorted(n.split("@")[1] for n in needed if n.startswith("need")) == sorted(
+        {f.blob for f in hfcache.snapshot(repo, rev, hub).files}
+    )
+    _push(step, needed)
+    changed = _run(step.script)
+    assert any("model.safetensors" in line for line in changed), changed
+    assert not Path(step.incoming).exists()  # the pushed files moved into the cache
+    placed = host / "hf/hub" / model_dir(repo)
+    assert (placed / "refs/main").read_text() == rev
+    assert os.readlink(placed / "snapshots" / rev / "config.json").startswith("../../blobs/")
+    assert not list((placed / "snapshots").glob(".gpurig-*"))
+    assert _run(step.check) == []  # converged: nothing to push
+    assert _run(step.script) == []  # and nothing changes
+    # huggingface_hub itself reads it offline
+    from transformers import AutoConfig
+
+    env = {"HF_HUB_OFFLINE": "1"}
+    config = subprocess.run(
+        [
+            str(REPO_ROOT / ".venv/bin/python"),
+            "-c",
+            "import sys; from transformers import AutoConfig; "
+            f"print(AutoConfig.from_pretrained({repo!r}, cache_dir=sys.argv[1]).model_type)",
+            str(host / "hf/hub"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        check=False,
+    )
+    assert config.stdout.strip() == "bloom", config.stderr[-2000:]
+    assert AutoConfig  # imported above only to prove the venv has transformers
+
+
+def test_a_corrupted_blob_is_pushed_again(host: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    _push(step, _run(step.check))
+    _run(step.script)
+    weights = next(u for u in step.uploads if u.label.endswith("model.safetensors"))
+    blob = host / "hf/hub" / model_dir(repo) / "blobs" / weights.name.split("@")[1]
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF  # same size, wrong bytes
+    blob.write_bytes(bytes(data))
+    small = next(u for u in step.uploads if u.label.endswith("config.json"))
+    (blob.parent / small.name.split("@")[1]).write_text("{}")  # a git-sha1 blob
+    needed = _run(step.check)
+    assert sorted(needed) == sorted([f"need {weights.name}", f"need {small.name}"])
+    _push(step, needed)
+    changed = _run(step.script)
+    assert len(changed) == 2, changed
+    assert _run(step.check) == []
+    assert hfcache.blob_matches(blob, blob.name)
+
+
+def test_a_corrupt_transfer_fails_and_changes_nothing(host: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    needed = _run(step.check)
+    _push(step, needed)
+    weights = next(u for u in step.uploads if u.label.endswith("model.safetensors"))
+    (Path(step.incoming) / weights.name).write_bytes(b"truncated")
+    done = subprocess.run(
+        ["/bin/sh", "-c", step.script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert f"{repo}: model.safetensors" in done.stderr
+    assert "does not match its hash" in done.stderr
+    assert not (host / "hf/hub" / model_dir(repo) / "snapshots" / rev).exists()  # no half snapshot
+    assert len(_run(step.check)) > 1  # the next run pushes again
+
+
+def test_dry_run_changes_nothing(host: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    done = subprocess.run(
+        ["/bin/sh", "-c", step.script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GPURIG_DRY_RUN": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gpurig: changed: " in done.stdout
+    assert not (host / "hf").exists()
+
+
+def test_fetch_is_downloaded_by_the_venv_python_and_checked(host: Path, tiny_bloom_hub) -> None:
+    """A stand-in for snapshot_download copies the controller's snapshot: the script checks
+    every blob it left and builds the snapshot itself."""
+    hub, repo, rev = tiny_bloom_hub
+    stack = _stack(host / "hf", [{"repo": repo, "revision": rev, "source": "hub"}])
+    venv = Path(stack.host.venv)
+    (step,) = models.steps(stack, [])
+    assert step.uploads == []
+    assert str(venv / "bin/python") in step.script
+    fake = host / "python"
+    fake.write_text(
+        "#!/bin/sh\n# -c CODE REPO REV CACHE_DIR\n"
+        f'mkdir -p "$5" && cp -a {hub}/{model_dir(repo)} "$5/"\n'
+    )
+    fake.chmod(0o755)
+    script = step.script.replace(str(venv / "bin/python"), str(fake))
+    assert _run(step.check) == [f"fetch {repo}"]
+    assert any("download" in line for line in _run(script))
+    assert _run(step.check) == []
+    assert _run(script) == []
+
+
+def test_controller_snapshot_missing_or_corrupt_is_named(tmp_path: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    with pytest.raises(UsageError, match="hf download gpurig-test/tiny-bloom --revision"):
+        hfcache.snapshot(repo, "0" * 40, hub)
+    copy = tmp_path / "hub"
+    shutil.copytree(hub, copy, symlinks=True)
+    blob = next((copy / model_dir(repo) / "blobs").glob("?" * 64))
+    blob.write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"model\.safetensors does not match its hash"):
+        hfcache.snapshot(repo, rev, copy)
+
+
+def test_source_follows_offline_unless_set(tmp_path: Path) -> None:
+    entry = {"repo": "org/m", "revision": "a" * 40}
+    online = _stack(tmp_path, [entry])
+    offline = _stack(tmp_path, [entry], offline=True)
+    assert models.pushed(online) == []
+    assert len(models.pushed(offline)) == 1
+    forced = _stack(tmp_path, [{**entry, "source": "controller"}])
+    assert len(models.pushed(forced)) == 1
+    assert models.steps(_stack(tmp_path, []), []) == []
+
+
+def test_odd_file_names_and_folders_stay_literal(host: Path, tmp_path: Path) -> None:
+    """A repo's file names are the repo owner's: spaces, quotes and `$(...)` stay names."""
+    work = tmp_path / "files"
+    work.mkdir()
+    names = ["sub dir/it's $(touch x).json", "a/b/c.bin", "top.txt"]
+    files = {}
+    for i, name in enumerate(names):
+        path = work / f"f{i}"
+        path.write_bytes(f"content {i}\n".encode())
+        files[name] = path
+    hub = tmp_path / "controller" / "hub"
+    rev = lay_out(hub, "org/odd", files)
+    step = _step(host, hub, "org/odd", rev)
+    _push(step, _run(step.check))
+    _run(step.script)
+    assert _run(step.check) == []
+    snapshot = host / "hf/hub/models--org--odd/snapshots" / rev
+    for i, name in enumerate(names):
+        assert (snapshot / name).read_text() == f"content {i}\n"
+    assert not (Path("/") / "x").exists()
+    assert not list(host.rglob("x"))
