@@ -39,6 +39,8 @@ PLAYBOOK_ROLES = [
     "gpurig_python",
     "gpurig_nvidia",
     "gpurig_llm_env",
+    "gpurig_containers",
+    "gpurig_dcgm",
     "gpurig_smoke",
 ]
 H100 = pci_gpu("0000:3b:00.0", "2330")
@@ -56,6 +58,7 @@ class Fixture:
     python3: str
     gpu: GpuState | None = None
     stack: dict[str, Any] | None = None  # changes to stack.yml's sections
+    systemd: bool = False  # a host without a GPU runs systemd (a GPU host's comes from `gpu`)
 
 
 def _gpu(**fields: Any) -> GpuState:
@@ -127,6 +130,32 @@ FIXTURES = {
     "proxy": Fixture(
         "debian", "12", "3.11", stack={"network": {"proxy": "http://proxy.corp:3128"}}
     ),
+    # Opt-in GPU services: the engine alone without a GPU; on a pretend H100 with systemd the
+    # NVIDIA container toolkit, the image smoke, and DCGM 4 for the driver's CUDA major.
+    "containers": Fixture(
+        "debian", "12", "3.11", stack={"containers": {"enabled": True}}, systemd=True
+    ),
+    "h100-containers-dcgm": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(),
+        stack={"containers": {"enabled": True}, "dcgm": {"enabled": True, "diag_level": 2}},
+        systemd=True,
+    ),
+    "h100-driver-535-dcgm": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            driver_version="535.261.03",
+            modules=["nvidia"],
+            module_version="535.261.03",
+            packages={"nvidia-kernel-dkms": "535.261.03-1"},
+            smi_rc=0,
+        ),
+        stack={"dcgm": {"enabled": True}},
+    ),
 }
 
 
@@ -143,7 +172,7 @@ def make_plan(fixture: Fixture, tmp_path: Path) -> HostPlan:
     stack = _stack(fixture)
     facts = HostFacts(
         fixture.os_id, fixture.os_version, "x86_64", fixture.python3, "2.36", 100.0, 64.0, True,
-        fixture.gpu is not None,
+        fixture.gpu is not None or fixture.systemd,
     )  # fmt: skip
     if fixture.gpu:
         facts = replace(facts, gpus=fixture.gpu.gpus, driver_version=fixture.gpu.driver_version)
@@ -192,6 +221,8 @@ def pyinfra_order(built: HostPlan) -> list[str]:
     if gpu:
         add_deploy(state, nvidia_stage.nvidia_driver, built)
     add_deploy(state, stages.llm_env)
+    add_deploy(state, stages.containers)
+    add_deploy(state, stages.dcgm)
     add_deploy(state, verify.verify)
     by_name = {step.name: step.id for step in built.steps()}
     if built.driver:
@@ -264,7 +295,7 @@ def plan_order(built: HostPlan) -> list[str]:
     ids += [
         step.id
         for stage in built.stages
-        if stage.name in ("llm_env", "verify")
+        if stage.name in ("llm_env", "containers", "dcgm", "verify")
         for step in stage.steps
     ]
     return ids

@@ -49,7 +49,8 @@ def without_report(timeout_s: int, code: int | None, lines: list[str]) -> str:
     return f"smoke: exited {code if code is not None else '?'} without a report{said}"
 
 
-def step(stack: Stack, has_gpu: bool) -> Smoke:
+def step(stack: Stack, has_gpu: bool, extra: list[str] | None = None) -> Smoke:
+    """extra: more `bloomkit smoke` options (the DCGM stage's, gpurig.plan.dcgm)."""
     return Smoke(
         "verify.smoke",
         "Run bloomkit smoke",
@@ -57,6 +58,9 @@ def step(stack: Stack, has_gpu: bool) -> Smoke:
         report=stack.host.report,
         timeout_s=stack.smoke.timeout_s,
         command=command(
-            stack.host.user, stack.host.report, stack.smoke.timeout_s, smoke_args(stack, has_gpu)
+            stack.host.user,
+            stack.host.report,
+            stack.smoke.timeout_s,
+            [*smoke_args(stack, has_gpu), *(extra or [])],
         ),
     )
