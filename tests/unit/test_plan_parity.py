@@ -334,3 +334,59 @@ def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
     assert not on_535.driver.install
     assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
     assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]
+
+
+def test_the_matrix_covers_the_gpu_services(tmp_path: Path) -> None:
+    """containers: and dcgm: on the fixture hosts: what each host gets, and what it does not."""
+    plans = {name: make_plan(FIXTURES[name], tmp_path) for name in FIXTURES}
+    engine_only = plans["containers"].to_json()["steps"]
+    assert engine_only["containers.engine"]["packages"] == ["docker.io"]
+    assert engine_only["containers.engine_service"]["unit"] == "docker"
+    assert "containers.toolkit" not in engine_only  # no GPU: no NVIDIA parts, no image smoke
+    assert "verify.image_smoke" not in engine_only
+    assert not any(s.startswith(("containers.", "dcgm.")) for s in plans["h100"].to_json()["steps"])
+
+    gpu = plans["h100-containers-dcgm"]
+    steps = gpu.to_json()["steps"]
+    assert "C95B321B61E88C1809C4F759DDCAE044F796ECB0" in steps["containers.toolkit_key"]["script"]
+    assert steps["containers.toolkit_list"]["content"].endswith(
+        "deb [signed-by=/usr/share/keyrings/gpurig-nvidia-container-toolkit.gpg] "
+        "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+    )
+    assert steps["containers.toolkit"]["packages"] == ["nvidia-container-toolkit"]
+    assert "nvidia-ctk runtime configure --runtime=docker" in steps["containers.runtime"]["script"]
+    target = gpu.verdict.target
+    assert target is not None
+    tag = host_plan.image.image_tag(gpu.stack.digest(), target)
+    assert tag.startswith("gpurig/bloomkit:cu130-cp311-")
+    image_smoke = steps["verify.image_smoke"]["script"]
+    assert "--gpus all --network none" in image_smoke
+    assert f"{tag} smoke --json /gpurig-out/smoke.json --model tiny --require-gpu" in image_smoke
+    # Driver 580 (installed here): DCGM 4 for CUDA 13, the diag at the spec's level.
+    assert steps["dcgm.packages"]["packages"] == [
+        "datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda13",
+        "datacenter-gpu-manager-4-proprietary", "datacenter-gpu-manager-4-proprietary-cuda13",
+    ]  # fmt: skip
+    assert steps["dcgm.hostengine"]["unit"] == "nvidia-dcgm"
+    assert steps["verify.smoke"]["command"].count("--dcgm-diag 2") == 1
+    # A loaded 535 driver: CUDA 12's DCGM; no containers asked for, none planned.
+    on_535 = plans["h100-driver-535-dcgm"].to_json()["steps"]
+    assert "datacenter-gpu-manager-4-cuda12" in on_535["dcgm.packages"]["packages"]
+    assert not any(s.startswith("containers.") for s in on_535)
+
+
+def test_dcgm_skips_consumer_gpus_and_hosts_without_systemd(tmp_path: Path) -> None:
+    rtx = _gpu(gpus=[pci_gpu("0000:01:00.0", "2684")])  # GeForce RTX 4090
+    consumer = make_plan(
+        Fixture("debian", "12", "3.11", rtx, stack={"dcgm": {"enabled": True}}), tmp_path
+    )
+    assert not consumer.stage("dcgm")
+    assert "DCGM skipped: NVIDIA GeForce RTX 4090 is not a datacenter GPU" in consumer.verdict.notes
+    assert "--dcgm-diag" not in consumer.to_json()["steps"]["verify.smoke"]["command"]
+    bare = make_plan(
+        Fixture("debian", "12", "3.11", stack={"containers": {"enabled": True}}), tmp_path
+    )
+    assert [s.id for s in bare.stage("containers")] == ["containers.engine"]
+    assert "no systemd: docker.io is installed, but nothing starts its daemon" in (
+        bare.verdict.notes
+    )
