@@ -91,8 +91,9 @@ def test_an_engine_that_died_on_iptables_is_named_with_its_fix(tmp_path: Path) -
         systemctl="echo failed; exit 3\n",
         journalctl=f"echo 'dockerd[568]: {IPTABLES}'\n",
     )
-    done = run(containers.engine_check_script(), env)
+    done = run(containers.engine_script(), env)
     assert done.returncode == 1
+    assert "systemctl start docker" in calls(tmp_path / "bin")
     (found,) = diagnose.explain(done.stdout)
     assert found.name == names.ENGINE_DOWN
     assert found.message.startswith("dockerd does not answer (failed): Error initializing")
@@ -101,9 +102,10 @@ def test_an_engine_that_died_on_iptables_is_named_with_its_fix(tmp_path: Path) -
 
 
 def test_an_engine_that_answers_is_unchanged(tmp_path: Path) -> None:
-    env = stand_ins(tmp_path / "bin", docker="echo 20.10.24\n")
-    done = run(containers.engine_check_script(), env)
+    env = stand_ins(tmp_path / "bin", docker="echo 20.10.24\n", systemctl="exit 0\n")
+    done = run(containers.engine_script(), env)
     assert (done.returncode, done.stdout.strip()) == (0, "gpurig: unchanged")
+    assert not any(c.startswith("systemctl start") for c in calls(tmp_path / "bin"))
 
 
 def test_the_runtime_is_configured_and_the_engine_restarted_only_once(tmp_path: Path) -> None:

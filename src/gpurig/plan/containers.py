@@ -2,8 +2,8 @@
 on GPU hosts NVIDIA's container toolkit as the engine's nvidia runtime; the CUDA image's smoke
 test in the verify stage.
 
-    every host      Debian's docker.io, its unit enabled and running, a check that the daemon
-                    answers (`docker version`), named when it does not
+    every host      Debian's docker.io, its unit enabled and started, and the daemon answering
+                    `docker version`; when it does not, why (from the unit's journal), named
     GPU hosts       NVIDIA's libnvidia-container apt repository, its signing key's fingerprint
                     checked before apt trusts it; nvidia-container-toolkit; `nvidia-ctk runtime
                     configure --runtime=docker` and a restart, only while the daemon lacks the
@@ -28,7 +28,7 @@ from gpurig.model.host import HostFacts
 from gpurig.plan.driver import UNCHANGED, key_fingerprints, logged
 from gpurig.plan.image import image_tag
 from gpurig.plan.smoke import smoke_args
-from gpurig.plan.steps import AptPackages, File, Script, Service, Step
+from gpurig.plan.steps import AptPackages, File, Script, Step
 from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_get, apt_install
 from gpurig.spec import Stack
 
@@ -75,19 +75,32 @@ install -D -m 0644 "$tmp/keyring.gpg" {CONTAINER_TOOLKIT_KEYRING}
 """  # noqa: E501
 
 
-def _engine_answers() -> str:
-    return "docker version --format '{{.Server.Version}}' >/dev/null 2>&1"
-
-
-def engine_check_script() -> str:
-    """Nothing when the daemon answers; else why, from the unit's journal (the line dockerd
-    dies with), for the named diagnosis."""
+def _engine_running() -> str:
     return (
-        f'if {_engine_answers()}; then echo "{UNCHANGED}"; exit 0; fi\n'
+        f"systemctl is-enabled -q {ENGINE_UNIT} 2>/dev/null"
+        " && docker version --format '{{.Server.Version}}' >/dev/null 2>&1"
+    )
+
+
+def _engine_down() -> str:
+    """sh: why the daemon does not answer, from the unit's journal (the line dockerd dies
+    with), for the named diagnosis; exits 1."""
+    return (
         f'echo "{ENGINE_DOWN} (unit {ENGINE_UNIT}: $(systemctl is-active {ENGINE_UNIT} 2>&1))"\n'
         f"journalctl -u {ENGINE_UNIT} --no-pager -n 60 2>/dev/null"
         " | grep -E 'failed to start daemon|level=(error|fatal)' | tail -n 5\n"
         "exit 1\n"
+    )
+
+
+def engine_script() -> str:
+    """The unit enabled and started, and the daemon answering `docker version`; a start that
+    fails is named from the journal rather than as systemctl's "see journalctl"."""
+    return (
+        f'if {_engine_running()}; then echo "{UNCHANGED}"; exit 0; fi\n'
+        f"systemctl enable -q {ENGINE_UNIT}; systemctl start {ENGINE_UNIT} 2>/dev/null\n"
+        f"if {_engine_running()}; then echo 'gpurig: changed: docker engine running'; exit 0; fi\n"
+        + _engine_down()
     )
 
 
@@ -100,7 +113,9 @@ def runtime_script() -> str:
     the restart makes the daemon load it. Both only while the daemon lacks the runtime."""
     return (
         f'if {_runtime_configured()}; then echo "{UNCHANGED}"; exit 0; fi\n'
-        f"nvidia-ctk runtime configure --runtime=docker\nsystemctl restart {ENGINE_UNIT}\n"
+        f"nvidia-ctk runtime configure --runtime=docker\n"
+        f"systemctl restart {ENGINE_UNIT} 2>/dev/null && {_runtime_configured()} && exit 0\n"
+        + _engine_down()
     )
 
 
@@ -139,7 +154,14 @@ def steps(stack: Stack, facts: HostFacts) -> list[Step]:
     ]
     if not facts.systemd:  # nothing to start the daemon: the note says so (notes())
         return out
-    out.append(Service("containers.engine_service", "Run the container engine", unit=ENGINE_UNIT))
+    out.append(
+        Script(
+            "containers.engine_running",
+            "Run the container engine",
+            script=logged(engine_script(), "container-engine"),
+            unless=_engine_running(),
+        )
+    )
     if facts.gpus:
         out += [
             Script(
@@ -168,14 +190,6 @@ def steps(stack: Stack, facts: HostFacts) -> list[Step]:
                 unless=_runtime_configured(),
             ),
         ]
-    out.append(
-        Script(
-            "containers.engine_check",
-            "Check the container engine answers",
-            script=logged(engine_check_script(), "container-engine"),
-            unless=_engine_answers(),
-        )
-    )
     return out
 
 
