@@ -127,3 +127,54 @@ def test_the_runtime_is_configured_and_the_engine_restarted_only_once(tmp_path: 
     again = run(containers.runtime_script(), env)
     assert again.stdout.strip() == "gpurig: unchanged"
     assert [c for c in calls(folder) if not c.startswith("docker ")] == []
+
+
+# A stand-in docker for the image smoke: `image inspect` answers per $HAS_IMAGE, `pull` fails
+# (no registry), `run` writes a report into the folder mounted at /gpurig-out and exits $RC.
+DOCKER_FOR_SMOKE = """case "$1 $2" in
+  "image inspect") [ -n "$HAS_IMAGE" ] || exit 1; echo 10001:10001; exit 0 ;;
+  "pull "*) exit 1 ;;
+esac
+if [ "$1" = run ]; then
+  while [ "$1" != -v ]; do shift; done; out=${2%%:*}
+  echo '{"verdict": "pass"}' >"$out/smoke.json"; exit "${RC:-0}"
+fi
+"""
+
+
+def test_the_image_smoke_runs_with_all_gpus_and_keeps_the_report(tmp_path: Path) -> None:
+    folder = tmp_path / "bin"
+    env = stand_ins(folder, docker=DOCKER_FOR_SMOKE, timeout='shift 3; exec "$@"\n', chown="")
+    env["HAS_IMAGE"] = "1"
+    report = tmp_path / "image-smoke.json"
+    script = containers.image_smoke_script(
+        "gpurig/bloomkit:cu130", ["--model", "tiny"], 60, str(report)
+    )
+    done = run(script, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "image's smoke test passed" in done.stdout
+    assert report.read_text().strip() == '{"verdict": "pass"}'
+    (docker_run,) = [c for c in calls(folder) if c.startswith("docker run")]
+    assert docker_run.startswith("docker run --rm --gpus all --network none -v ")
+    assert docker_run.endswith(
+        "gpurig/bloomkit:cu130 smoke --json /gpurig-out/smoke.json --model tiny"
+    )
+    assert any(c.startswith("chown 10001:10001 ") for c in calls(folder))  # the image's user
+
+    env["RC"] = "1"
+    failed = run(script, env)
+    assert failed.returncode == 1
+    (found,) = diagnose.explain(failed.stdout)
+    assert found.name == names.IMAGE_SMOKE_FAILED
+    assert str(report) in found.fix
+
+
+def test_an_image_the_host_lacks_is_named(tmp_path: Path) -> None:
+    env = stand_ins(tmp_path / "bin", docker=DOCKER_FOR_SMOKE)
+    report = tmp_path / "image-smoke.json"
+    done = run(containers.image_smoke_script("gpurig/bloomkit:cu130", [], 60, str(report)), env)
+    assert done.returncode == 1
+    (found,) = diagnose.explain(done.stdout)
+    assert found.name == names.IMAGE_MISSING
+    assert "containers.image" in found.fix
+    assert not any(c.startswith("docker run") for c in calls(tmp_path / "bin"))

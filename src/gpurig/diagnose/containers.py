@@ -12,7 +12,9 @@ from gpurig.diagnose.signatures import Match, Signature
 TOOLKIT_REPO_UNREACHABLE = "container toolkit repository unreachable"
 TOOLKIT_KEY = "container toolkit key mismatch"
 ENGINE_DOWN = "container engine not running"
-NAMES = (TOOLKIT_REPO_UNREACHABLE, TOOLKIT_KEY, ENGINE_DOWN)
+IMAGE_MISSING = "CUDA image not on the host"
+IMAGE_SMOKE_FAILED = "CUDA image smoke failed"
+NAMES = (TOOLKIT_REPO_UNREACHABLE, TOOLKIT_KEY, ENGINE_DOWN, IMAGE_MISSING, IMAGE_SMOKE_FAILED)
 
 IPTABLES_FIX = (
     "the daemon could not create its NAT chain: iptables is not permitted where it runs (an "
@@ -52,6 +54,24 @@ SIGNATURES = (
         lambda m, c: (
             "check the download (a proxy or mirror may have replaced it); apt was not told to "
             "trust it"
+        ),
+    ),
+    Signature(
+        IMAGE_MISSING,
+        re.compile(r"gpurig: image (\S+) is not on this host and cannot be pulled"),
+        lambda m, text, c: f"the host has no {m[1]} and cannot pull it",
+        lambda m, c: (
+            "push it to a registry the hosts reach and name it in containers.image, or load "
+            "`gpurig image build`'s image on the host (docker save | ssh HOST docker load)"
+        ),
+    ),
+    Signature(
+        IMAGE_SMOKE_FAILED,
+        re.compile(r"gpurig: image smoke failed \(exit (\d+)\) in (\S+): see (\S+)"),
+        lambda m, text, c: f"bloomkit smoke in {m[2]} with --gpus all exited {m[1]}",
+        lambda m, c: (
+            f"read {m[3]} on the host (its failures); the host's own smoke passed, so look at "
+            "the container side: the nvidia runtime (docker info), the image's CUDA build"
         ),
     ),
     Signature(

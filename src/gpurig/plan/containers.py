@@ -119,15 +119,17 @@ def runtime_script() -> str:
     )
 
 
-def image_smoke_script(image: str, args: list[str], timeout_s: int) -> str:
+def image_smoke_script(
+    image: str, args: list[str], timeout_s: int, report_path: str = IMAGE_SMOKE_REPORT
+) -> str:
     """`bloomkit smoke` in the image with every GPU and no network, as `gpurig image smoke`
-    runs it on the controller; the report is kept at IMAGE_SMOKE_REPORT. The output folder
-    belongs to the image's user, as images/smoke.py gives it."""
+    runs it on the controller; the report is kept at `report_path`. The output folder belongs
+    to the image's user, as images/smoke.py gives it."""
     ref = shlex.quote(image)
     smoke = shlex.join(["smoke", "--json", f"{IMAGE_MOUNT}/smoke.json", *args])
-    report = shlex.quote(IMAGE_SMOKE_REPORT)
+    report = shlex.quote(report_path)
     return f"""if ! docker image inspect {ref} >/dev/null 2>&1 && ! docker pull -q {ref} >/dev/null 2>&1; then
-  echo "gpurig: image {image} is not on this host and cannot be pulled: build it (gpurig image build) and load it, or set containers.image to a registry the host reaches"; exit 1
+  echo "gpurig: image {image} is not on this host and cannot be pulled"; exit 1
 fi
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 owner=$(docker image inspect -f '{{{{.Config.User}}}}' {ref}); chown "${{owner:-0}}" "$out"
@@ -135,7 +137,7 @@ rm -f {report}
 timeout -k 15 {int(timeout_s)} docker run --rm --gpus all --network none -v "$out:{IMAGE_MOUNT}" {ref} {smoke}; rc=$?
 [ -f "$out/smoke.json" ] && install -m 0644 "$out/smoke.json" {report}
 if [ "$rc" -eq 0 ]; then echo "{UNCHANGED}: the image's smoke test passed"; exit 0; fi
-echo "gpurig: image smoke failed (exit $rc) in {image}: see {IMAGE_SMOKE_REPORT}"; exit 1
+echo "gpurig: image smoke failed (exit $rc) in {image}: see {report_path}"; exit 1
 """  # noqa: E501
 
 
