@@ -207,6 +207,7 @@ def image_smoke(stack: Stack, facts: HostFacts, target: Target) -> list[Step]:
         return []
     if target.variant == "cpu":
         return []
+    # stack.digest() is the lock's spec_sha256 here: preflight refuses a stale lock.
     image = stack.containers.image or image_tag(stack.digest(), target)
     return [
         Script(
