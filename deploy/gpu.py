@@ -11,7 +11,7 @@ from pyinfra import config
 from gpurig.deploys.cluster import cluster_node  # multi-node training (docs/multinode.md)
 from gpurig.deploys.nvidia import nvidia_driver
 from gpurig.deploys.preflight import preflight
-from gpurig.deploys.stages import llm_env, python, system
+from gpurig.deploys.stages import containers, dcgm, llm_env, python, system
 from gpurig.deploys.verify import verify
 
 config.SUDO = True  # every change is made as root; preflight's facts run as the SSH user
@@ -22,5 +22,7 @@ if plan.ok:
     python()
     nvidia_driver(plan)
     llm_env()
+    containers()  # stack.yml containers: (opt-in)
+    dcgm()  # stack.yml dcgm: (opt-in)
     cluster_node()  # only hosts in an inventory cluster get its files
     verify()

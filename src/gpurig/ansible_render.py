@@ -143,6 +143,20 @@ def roles() -> list[Role]:
             [plan, "Steps llm_env.*: wheels, requirements, the venv's build-and-swap script."],
         ),
         Role(
+            "gpurig_containers",
+            "A container engine, and NVIDIA's container toolkit on GPU hosts (opt-in).",
+            [
+                plan,
+                "Steps containers.*: docker.io and its unit, NVIDIA's container toolkit"
+                " repository (key checked), the toolkit, the nvidia runtime, the engine check.",
+            ],
+        ),
+        Role(
+            "gpurig_dcgm",
+            "NVIDIA DCGM and its host engine on hosts with datacenter GPUs (opt-in).",
+            [plan, "Steps dcgm.*: the CUDA repository, DCGM 4's packages, nvidia-dcgm."],
+        ),
+        Role(
             "gpurig_smoke",
             "Run `bloomkit smoke` as the service user and fetch its JSON verdict.",
             [

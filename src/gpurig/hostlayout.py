@@ -44,6 +44,11 @@ CLUSTER_ENV = "/etc/gpurig/cluster.env"
 LAUNCHER = "/usr/local/bin/gpurig-launch"
 LIMITS_FILE = "/etc/security/limits.d/90-gpurig-cluster.conf"
 CLUSTER_REPORTS_DIR = f"{STATE_DIR}/cluster"  # per-rank smoke reports on each member
+# GPU containers (stack.yml containers:): NVIDIA's container toolkit repository, and the
+# CUDA image's smoke report.
+CONTAINER_TOOLKIT_KEYRING = "/usr/share/keyrings/gpurig-nvidia-container-toolkit.gpg"
+CONTAINER_TOOLKIT_LIST = "/etc/apt/sources.list.d/gpurig-nvidia-container-toolkit.list"
+IMAGE_SMOKE_REPORT = f"{STATE_DIR}/image-smoke.json"
 # stack.yml's host.* defaults.
 DEFAULT_VENV = "/opt/gpurig/venv"
 DEFAULT_HF_HOME = "/var/cache/gpurig/huggingface"

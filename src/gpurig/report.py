@@ -46,6 +46,7 @@ class HostReport:
     failures: list[str] = field(default_factory=list)
     smoke_stages: dict[str, float] = field(default_factory=dict)  # smoke stage -> seconds
     deploy_stages: dict[str, float] = field(default_factory=dict)  # from the run file
+    dcgm: str | None = None  # the DCGM stage: "pass r2", "fail r2", or None where it did not run
 
     @property
     def ok(self) -> bool:
@@ -78,6 +79,16 @@ def _stage_seconds(stages: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def _dcgm(stages: list[dict[str, Any]]) -> str | None:
+    """The dcgm stage's verdict and diag level, when it ran (bloomkit.dcgm)."""
+    for stage in stages:
+        figures = stage.get("figures") or {}
+        if stage.get("name") == "dcgm" and stage.get("status") in (PASS, FAIL):
+            level = figures.get("level")
+            return f"{stage['status']} r{level}" if level else str(stage["status"])
+    return None
+
+
 def _short_os(name: str | None) -> str | None:
     return name.replace(" GNU/Linux", "") if name else name
 
@@ -100,6 +111,7 @@ def parse(host: str, data: dict[str, Any]) -> HostReport:
         seconds=float(duration) if isinstance(duration, int | float) else None,
         failures=failures if failures or verdict == PASS else ["the report names no failure"],
         smoke_stages=_stage_seconds(data.get("stages") or []),
+        dcgm=_dcgm(data.get("stages") or []),
     )
 
 
@@ -222,6 +234,9 @@ def table(reports: list[HostReport]) -> Table:
     out.add_column("verdict", no_wrap=True)
     out.add_column("GEMM TFLOP/s", justify="right")
     out.add_column("seconds", justify="right")
+    with_dcgm = any(r.dcgm for r in reports)  # the column only where DCGM ran (opt-in)
+    if with_dcgm:
+        out.add_column("DCGM", no_wrap=True)
     for r in reports:
         stack = f"{r.torch} / {r.cuda or 'cpu'}" if r.torch else "-"
         out.add_row(
@@ -233,6 +248,7 @@ def table(reports: list[HostReport]) -> Table:
             f"[{_STYLE.get(r.verdict, 'bold red')}]{r.verdict.upper()}[/]",
             f"{r.tflops_bf16:.1f}" if r.tflops_bf16 is not None else "-",
             f"{r.seconds:.1f}" if r.seconds is not None else "-",
+            *([r.dcgm or "-"] if with_dcgm else []),
         )
     return out
 

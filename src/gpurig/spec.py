@@ -289,6 +289,39 @@ class HubModel(Strict):
         return value
 
 
+# registry/name[:tag][@sha256:digest], one word: it lands on a docker command line.
+IMAGE_REFERENCE = (
+    r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+)
+
+
+class Containers(Strict):
+    enabled: bool = Field(
+        False,
+        description="Debian's docker.io on every host; on GPU hosts also NVIDIA's container "
+        "toolkit (its apt repository, key fingerprint checked) as docker's nvidia runtime, and "
+        "the verify stage runs the CUDA image's smoke test with all GPUs (docs/gpu.md)",
+    )
+    image: str | None = Field(
+        None,
+        pattern=IMAGE_REFERENCE,
+        description="the image GPU hosts smoke-test (`docker run --gpus all`), from a registry "
+        "they reach; default: the lock target's gpurig/bloomkit:<target>-<hash>, as "
+        "`gpurig image build` tags it, which the host must then already hold",
+    )
+
+
+class Dcgm(Strict):
+    enabled: bool = Field(
+        False,
+        description="on hosts with datacenter GPUs: NVIDIA's DCGM 4 from the CUDA repository, "
+        "nv-hostengine (nvidia-dcgm) running, and `dcgmi diag` as a smoke stage",
+    )
+    diag_level: int = Field(
+        1, ge=1, le=4, description="`dcgmi diag -r` level: 1 quick (seconds) to 4 (hours)"
+    )
+
+
 class Stack(Strict):
     version: Literal[1] = Field(1, description="schema version of this file")
     python: list[PythonVersion] = Field(min_length=1, description="Python versions hosts may run")
@@ -313,6 +346,8 @@ class Stack(Strict):
         description="models placed in every host's HF cache (host.hf_home) at a pinned "
         "revision, each file checked against the snapshot's hashes (docs/stack.md)",
     )
+    containers: Containers = Containers()
+    dcgm: Dcgm = Dcgm()
 
     @field_validator("python")
     @classmethod

@@ -21,12 +21,13 @@ from gpurig.facts.system import (
     FileState,
     ManagedPython,
     PasswdEntry,
+    ShellTest,
     Venvs,
     VenvState,
 )
-from gpurig.operations import apt, control, files, python, smoke, users, venv
+from gpurig.operations import apt, control, files, python, script, smoke, users, venv
 from gpurig.plan import smoke as plan_smoke
-from gpurig.plan.steps import Smoke, Venv
+from gpurig.plan.steps import Script, Smoke, Venv
 from gpurig.plan.venv import marker_json
 from gpurig.spec import Stack
 
@@ -366,3 +367,20 @@ def test_installed_file_fixes_only_the_mode_without_the_follow_up() -> None:
     commands, fake = run_op(files.installed, state, src=b"CA", dest="/x.crt", then="update")
     assert commands == []
     assert fake.noops == ["/x.crt is up to date"]
+
+
+def test_a_script_step_runs_unless_its_test_holds_on_the_host() -> None:
+    step = Script("containers.x", "Do x", script="echo do-x", unless="test -e /x")
+    commands, fake = run_op(script.scripted, {ShellTest: False}, step=step)
+    assert [tuple(c.bits) for c in commands] == [("echo do-x",)]
+    assert type(commands[0]).__name__ == "DiagnosedCommand"  # a failure reads as a diagnosis
+    assert fake.fact_calls == [(ShellTest, {"test": "test -e /x"})]
+    commands, fake = run_op(script.scripted, {ShellTest: True}, step=step)
+    assert commands == []
+    assert fake.noops == ["in place: Do x"]
+    always = Script("verify.y", "Check y", script="echo y")  # no test: a check, every run
+    commands, fake = run_op(script.scripted, {}, step=always)
+    assert len(commands) == 1
+    assert fake.fact_calls == []
+    assert ShellTest().process(["gpurig-test=yes"]) is True
+    assert ShellTest().process(["gpurig-test=no"]) is False

@@ -43,6 +43,8 @@ PLAYBOOK_ROLES = [
     "gpurig_python",
     "gpurig_nvidia",
     "gpurig_llm_env",
+    "gpurig_containers",
+    "gpurig_dcgm",
     "gpurig_smoke",
 ]
 H100 = pci_gpu("0000:3b:00.0", "2330")
@@ -60,6 +62,7 @@ class Fixture:
     python3: str
     gpu: GpuState | None = None
     stack: dict[str, Any] | None = None  # changes to stack.yml's sections
+    systemd: bool = False  # a host without a GPU runs systemd (a GPU host's comes from `gpu`)
 
 
 def _gpu(**fields: Any) -> GpuState:
@@ -157,6 +160,32 @@ FIXTURES = {
             ]
         },
     ),
+    # Opt-in GPU services: the engine alone without a GPU; on a pretend H100 with systemd the
+    # NVIDIA container toolkit, the image smoke, and DCGM 4 for the driver's CUDA major.
+    "containers": Fixture(
+        "debian", "12", "3.11", stack={"containers": {"enabled": True}}, systemd=True
+    ),
+    "h100-containers-dcgm": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(),
+        stack={"containers": {"enabled": True}, "dcgm": {"enabled": True, "diag_level": 2}},
+        systemd=True,
+    ),
+    "h100-driver-535-dcgm": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        _gpu(
+            driver_version="535.261.03",
+            modules=["nvidia"],
+            module_version="535.261.03",
+            packages={"nvidia-kernel-dkms": "535.261.03-1"},
+            smi_rc=0,
+        ),
+        stack={"dcgm": {"enabled": True}},
+    ),
 }
 
 
@@ -176,7 +205,7 @@ def make_plan(fixture: Fixture, tmp_path: Path, refused: bool = False) -> HostPl
     stack = _stack(fixture)
     facts = HostFacts(
         fixture.os_id, fixture.os_version, "x86_64", fixture.python3, "2.36", 100.0, 64.0, True,
-        fixture.gpu is not None,
+        fixture.gpu is not None or fixture.systemd,
     )  # fmt: skip
     if fixture.gpu:
         facts = replace(facts, gpus=fixture.gpu.gpus, driver_version=fixture.gpu.driver_version)
@@ -231,6 +260,8 @@ def pyinfra_order(built: HostPlan) -> list[str]:
     if gpu:
         add_deploy(state, nvidia_stage.nvidia_driver, built)
     add_deploy(state, stages.llm_env)
+    add_deploy(state, stages.containers)
+    add_deploy(state, stages.dcgm)
     add_deploy(state, verify.verify)
     by_name = {step.name: step.id for step in built.steps()}
     if built.driver:
@@ -303,7 +334,7 @@ def plan_order(built: HostPlan) -> list[str]:
     ids += [
         step.id
         for stage in built.stages
-        if stage.name in ("llm_env", "verify")
+        if stage.name in ("llm_env", "containers", "dcgm", "verify")
         for step in stage.steps
     ]
     return ids
@@ -432,3 +463,59 @@ def test_debians_own_driver_on_an_hgx_board_is_refused_with_the_fix(tmp_path: Pa
     assert "Debian's own 535 driver has no fabric manager package" in problem
     assert "set nvidia.driver_branch to a branch from NVIDIA's CUDA repository" in problem
     assert built.driver is None
+
+
+def test_the_matrix_covers_the_gpu_services(tmp_path: Path) -> None:
+    """containers: and dcgm: on the fixture hosts: what each host gets, and what it does not."""
+    plans = {name: make_plan(FIXTURES[name], tmp_path) for name in FIXTURES}
+    engine_only = plans["containers"].to_json()["steps"]
+    assert engine_only["containers.engine"]["packages"] == ["docker.io"]
+    assert "systemctl start docker" in engine_only["containers.engine_running"]["script"]
+    assert "containers.toolkit" not in engine_only  # no GPU: no NVIDIA parts, no image smoke
+    assert "verify.image_smoke" not in engine_only
+    assert not any(s.startswith(("containers.", "dcgm.")) for s in plans["h100"].to_json()["steps"])
+
+    gpu = plans["h100-containers-dcgm"]
+    steps = gpu.to_json()["steps"]
+    assert "C95B321B61E88C1809C4F759DDCAE044F796ECB0" in steps["containers.toolkit_key"]["script"]
+    assert steps["containers.toolkit_list"]["content"].endswith(
+        "deb [signed-by=/usr/share/keyrings/gpurig-nvidia-container-toolkit.gpg] "
+        "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+    )
+    assert steps["containers.toolkit"]["packages"] == ["nvidia-container-toolkit"]
+    assert "nvidia-ctk runtime configure --runtime=docker" in steps["containers.runtime"]["script"]
+    target = gpu.verdict.target
+    assert target is not None
+    tag = host_plan.image.image_tag(gpu.stack.digest(), target)
+    assert tag.startswith("gpurig/bloomkit:cu130-cp311-")
+    image_smoke = steps["verify.image_smoke"]["script"]
+    assert "--gpus all --network none" in image_smoke
+    assert f"{tag} smoke --json /gpurig-out/smoke.json --model tiny --require-gpu" in image_smoke
+    # Driver 580 (installed here): DCGM 4 for CUDA 13, the diag at the spec's level.
+    assert steps["dcgm.packages"]["packages"] == [
+        "datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda13",
+        "datacenter-gpu-manager-4-proprietary", "datacenter-gpu-manager-4-proprietary-cuda13",
+    ]  # fmt: skip
+    assert steps["dcgm.hostengine"]["unit"] == "nvidia-dcgm"
+    assert steps["verify.smoke"]["command"].count("--dcgm-diag 2") == 1
+    # A loaded 535 driver: CUDA 12's DCGM; no containers asked for, none planned.
+    on_535 = plans["h100-driver-535-dcgm"].to_json()["steps"]
+    assert "datacenter-gpu-manager-4-cuda12" in on_535["dcgm.packages"]["packages"]
+    assert not any(s.startswith("containers.") for s in on_535)
+
+
+def test_dcgm_skips_consumer_gpus_and_hosts_without_systemd(tmp_path: Path) -> None:
+    rtx = _gpu(gpus=[pci_gpu("0000:01:00.0", "2684")])  # GeForce RTX 4090
+    consumer = make_plan(
+        Fixture("debian", "12", "3.11", rtx, stack={"dcgm": {"enabled": True}}), tmp_path
+    )
+    assert not consumer.stage("dcgm")
+    assert "DCGM skipped: NVIDIA GeForce RTX 4090 is not a datacenter GPU" in consumer.verdict.notes
+    assert "--dcgm-diag" not in consumer.to_json()["steps"]["verify.smoke"]["command"]
+    bare = make_plan(
+        Fixture("debian", "12", "3.11", stack={"containers": {"enabled": True}}), tmp_path
+    )
+    assert [s.id for s in bare.stage("containers")] == ["containers.engine"]
+    assert "no systemd: docker.io is installed, but nothing starts its daemon" in (
+        bare.verdict.notes
+    )

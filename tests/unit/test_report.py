@@ -202,3 +202,35 @@ def test_gpurig_report_shows_the_last_runs_stage_seconds(
     out = capsys.readouterr().out
     assert "seconds per stage" in out
     assert "7.2" in next(ln for ln in out.splitlines() if "gpu-a" in ln and "7." in ln)
+
+
+def test_the_dcgm_column_shows_where_dcgm_ran(tmp_path: Path) -> None:
+    """Opt-in: no DCGM column in a fleet where no host ran it; its verdict and level where one
+    did, and its failure under the table."""
+    _, text = render([report.parse("gpu-a", H100_PASS)])
+    assert "DCGM" not in text
+    dcgm_fail = {
+        "name": "dcgm",
+        "status": "fail",
+        "figures": {"level": 2, "tests": {"memory": "fail"}},
+    }
+    failing = {
+        **H100_PASS,
+        "verdict": "fail",
+        "stages": [*H100_PASS["stages"], dcgm_fail],
+        "failures": ["dcgm: dcgmi diag -r 2: memory on GPU 1: DBE errors detected"],
+    }
+    dcgm_pass = {"name": "dcgm", "status": "pass", "figures": {"level": 2}}
+    passing = {**H100_PASS, "stages": [*H100_PASS["stages"], dcgm_pass]}
+    write(tmp_path, "gpu-a", passing)
+    write(tmp_path, "gpu-b", failing)
+    write(tmp_path, "cpu-c", CPU_FAIL)
+    reports = report.load_dir(tmp_path)
+    assert [r.dcgm for r in reports] == [None, "pass r2", "fail r2"]
+    _, text = render(reports)
+    header = next(line for line in text.splitlines() if "host" in line)
+    assert "DCGM" in header
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ ")}
+    assert "pass r2" in rows["gpu-a"]
+    assert "fail r2" in rows["gpu-b"]
+    assert "gpu-b fail: dcgm: dcgmi diag -r 2: memory on GPU 1: DBE errors detected" in text

@@ -201,6 +201,12 @@ class SmokeArgs:
         help="with --distributed: all-reduce buffer per rank for the bus bandwidth "
         "(default 1024 MiB on GPUs, 64 on CPUs; --quick 256 / 16)",
     )
+    dcgm_diag: int | None = arg(
+        None,
+        help="also run `dcgmi diag -r LEVEL` (1 quick to 4 hours) on datacenter GPUs; skipped "
+        "without dcgmi",
+        choices=[1, 2, 3, 4],
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "--model must not be empty")

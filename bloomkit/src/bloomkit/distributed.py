@@ -43,7 +43,7 @@ from bloomkit.report import PASS, format_summary, write_json
 from bloomkit.stages import Stage, run_smoke
 
 log = logging.getLogger(__name__)
-SINGLE_HOST_ONLY = ("nccl", "llm", "llm_model")  # per-host stages the deploy's smoke covers
+SINGLE_HOST_ONLY = ("dcgm", "nccl", "llm", "llm_model")  # per-host stages the deploy's smoke covers
 
 
 def distributed_stages() -> list[Stage]:

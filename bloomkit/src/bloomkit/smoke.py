@@ -1,6 +1,6 @@
 """`bloomkit smoke`: the acceptance test of a host, as a list of stages.
 
-The stages of one host: env, cuda, gemm, membw, h2d, nccl, llm, llm_model (`STAGES`). The
+The stages of one host: env, dcgm, cuda, gemm, membw, h2d, nccl, llm, llm_model (`STAGES`). The
 runner and what a stage is live in bloomkit.stages; `bloomkit smoke --distributed`
 (bloomkit.distributed) runs these stages with its own added. To add a stage, append a `Stage`
 to `STAGES` or pass your own list to `run_smoke`.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bloomkit import fabric, gpu, peaks
+from bloomkit import dcgm, fabric, gpu, peaks
 from bloomkit import stages as stages_runner
 from bloomkit.config import TINY, SmokeArgs
 from bloomkit.paths import check_output_file
@@ -306,6 +306,8 @@ def _llm_advice(ctx: SmokeContext) -> str:
 
 STAGES: list[Stage] = [
     Stage("env", stage_env),
+    # Before anything of this process holds a GPU: DCGM's diagnostics want them to themselves.
+    Stage("dcgm", dcgm.stage_dcgm, when=dcgm.skip_reason),
     Stage(
         "cuda",
         stage_cuda,

@@ -9,16 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyinfra.operations import files as pyinfra_files
+from pyinfra.operations import systemd
 
 from gpurig.operations import apt, files, users
 from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
+from gpurig.operations.script import scripted
 from gpurig.operations.venv import locked_venv
 from gpurig.plan.models import Models
 from gpurig.plan.steps import (
     AptPackages,
     Directories,
     File,
+    Script,
+    Service,
     ServiceUser,
     Step,
     UvPython,
@@ -82,5 +86,9 @@ def apply(step: Step) -> None:
         locked_venv(name=step.name, step=step)
     elif isinstance(step, Models):
         placed(name=step.name, step=step)
+    elif isinstance(step, Service):
+        systemd.service(name=step.name, service=step.unit, running=True, enabled=True)
+    elif isinstance(step, Script):
+        scripted(name=step.name, step=step, _timeout=step.timeout_s)
     else:
         raise TypeError(f"no pyinfra renderer for {type(step).__name__} ({step.id})")

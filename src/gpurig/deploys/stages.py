@@ -1,4 +1,5 @@
-"""The install stages: system, Python and the LLM environment, each its part of the plan.
+"""The install stages: system, Python, the LLM environment, and the opt-in containers and DCGM
+stages, each its part of the plan.
 
 Nothing is decided here: gpurig.plan says what each stage converges (docs/host-end-state.md),
 gpurig.deploys.render turns each step into operations.
@@ -33,3 +34,15 @@ def python() -> None:
 def llm_env() -> None:
     """The wheels hosts cannot download, then the locked venv with bloomkit, swapped in."""
     _render("llm_env")
+
+
+@deploy("Containers", data_defaults=SPEC_DEFAULTS)
+def containers() -> None:
+    """stack.yml containers: the engine, and NVIDIA's container toolkit on GPU hosts."""
+    _render("containers")
+
+
+@deploy("DCGM", data_defaults=SPEC_DEFAULTS)
+def dcgm() -> None:
+    """stack.yml dcgm: NVIDIA's DCGM and its host engine, on hosts with datacenter GPUs."""
+    _render("dcgm")

@@ -27,6 +27,7 @@ from pyinfra.context import ctx_state, host
 from gpurig import atomic, report
 from gpurig.deploys import ENV_SUMMARY, SPEC_DEFAULTS, host_plan, reports_dir
 from gpurig.deploys.progress import tracker
+from gpurig.deploys.render import apply
 from gpurig.operations.control import FAILURES, record_failure
 from gpurig.operations.smoke import smoke
 from gpurig.plan.steps import Smoke
@@ -136,3 +137,7 @@ def verify() -> None:
             reports_dir=str(reports_dir().absolute()),
             on_report=RUN.reported.add,
         )
+    # The other checks (the CUDA image's smoke with containers on) render like any plan step.
+    for other in host_plan().stage("verify"):
+        if not isinstance(other, Smoke):
+            apply(other)

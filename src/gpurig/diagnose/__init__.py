@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from gpurig.diagnose import containers
 from gpurig.diagnose.names import (
     DKMS_FAILED,
     DPKG_LOCKED,
@@ -40,7 +41,7 @@ from gpurig.diagnose.names import (
     headers_fix,
     nouveau_diagnosis,
 )
-from gpurig.diagnose.signatures import SIGNATURES
+from gpurig.diagnose.signatures import SIGNATURES as DRIVER_SIGNATURES
 from gpurig.hostlayout import DKMS_MOK
 
 if TYPE_CHECKING:
@@ -100,8 +101,10 @@ PRIORITY = (
     TOO_OLD,
     NO_REBOOT,
     PERSISTENCED_FAILED,
+    *containers.NAMES,
     UNRECOGNISED,
 )
+SIGNATURES = (*DRIVER_SIGNATURES, *containers.SIGNATURES)
 
 
 # Symptoms that only restate a cause found beside them: "driver not loaded" after "DKMS build

@@ -252,3 +252,17 @@ class PasswdEntry(FactBase[Account | None]):
         if len(fields) < 7:
             return None
         return Account(fields[0], fields[5], fields[6])
+
+
+class ShellTest(FactBase[bool]):
+    """Whether a shell test holds on the host (a Script step's `unless`): False on a fresh host."""
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def command(self, test: str) -> str:
+        return f"if ( {test} ); then echo gpurig-test=yes; else echo gpurig-test=no; fi"
+
+    def process(self, output: list[str]) -> bool:
+        return "gpurig-test=yes" in output

@@ -35,10 +35,11 @@ from gpurig.bloomkit_wheel import Wheel
 from gpurig.errors import GpurigError, UsageError
 from gpurig.images import render
 from gpurig.lock import Lock, Target
+from gpurig.plan import image as plan_image
 from gpurig.sandbox.engine import docker_client, docker_env
 from gpurig.spec import Stack
 
-REPOSITORY = "gpurig/bloomkit"
+REPOSITORY = plan_image.REPOSITORY
 CONTEXTS = bloomkit_wheel.DIST / "images"
 CA_NAME = "gpurig-ca.crt"
 BUILDKIT_FIX = (
@@ -95,9 +96,8 @@ def pick_target(stack: Stack, locked: Lock, variant: str, python: str | None = N
 
 
 def image_tag(locked: Lock, target: Target) -> str:
-    """gpurig/bloomkit:<target>-<12 hex of the spec and lock hashes>."""
-    digest = hashlib.sha256(f"{locked.spec_sha256}:{target.sha256}".encode()).hexdigest()
-    return f"{REPOSITORY}:{target.name}-{digest[:12]}"
+    """gpurig/bloomkit:<target>-<12 hex of the spec and lock hashes> (gpurig.plan.image)."""
+    return plan_image.image_tag(locked.spec_sha256, target)
 
 
 # ---- the build context ----------------------------------------------------------------------

@@ -15,6 +15,10 @@ from importlib import resources
 import yaml
 from packaging.version import Version
 
+# Name prefixes (gpus.yaml's names, as pci_gpu gives them) of the cards that are not datacenter
+# GPUs: DCGM runs on them with "limited functionality" and no diagnostics worth a stage.
+WORKSTATION_AND_CONSUMER = ("NVIDIA GeForce", "NVIDIA Quadro", "NVIDIA RTX ")
+
 
 @dataclass(frozen=True)
 class PciGpu:
@@ -28,6 +32,13 @@ class PciGpu:
         return (
             f"sm_{self.compute_capability.replace('.', '')}" if self.compute_capability else "sm_?"
         )
+
+    @property
+    def datacenter(self) -> bool:
+        """A datacenter GPU (what DCGM's diagnostics are for): a known id whose name is not a
+        GeForce, Quadro or RTX workstation card. An unknown id is not assumed to be one."""
+        known = self.device_id in gpu_table().gpus
+        return known and not self.name.startswith(WORKSTATION_AND_CONSUMER)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import driver_scripts, models, python, smoke, system, venv
+from gpurig.plan import containers, dcgm, driver_scripts, models, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.fabric import with_fabric
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
-STAGES = ("system", "python", "nvidia", "llm_env", "verify")
+STAGES = ("system", "python", "nvidia", "llm_env", "containers", "dcgm", "verify")
 # The OS dispatch of the roles (vars/<distribution>.yml, setup-<os_family>.yml).
 OS_NAMES = {"debian": ("Debian", "Debian"), "ubuntu": ("Ubuntu", "Debian")}
 
@@ -185,9 +185,19 @@ def build(
             )
             + models.steps(stack, files.models),
         ),
-        Stage(
-            "verify",
-            [] if result.skip_smoke or not stack.smoke.on_deploy else [smoke.step(stack, has_gpu)],
-        ),
     ]
+    # Opt-in GPU services (stack.yml containers: and dcgm:), each its own stage.
+    dcgm_steps, dcgm_notes = dcgm.steps(stack, facts, result.driver)
+    new_notes = containers.notes(stack, facts) + dcgm_notes
+    verdict.notes += [n for n in new_notes if n not in verdict.notes]  # built once per front end
+    result.stages += [
+        Stage("containers", containers.steps(stack, facts)),
+        Stage("dcgm", dcgm_steps),
+    ]
+    smoking = not result.skip_smoke and stack.smoke.on_deploy
+    verify: list[Step] = (
+        [smoke.step(stack, has_gpu, dcgm.smoke_args(stack, facts))] if smoking else []
+    )
+    verify += containers.image_smoke(stack, facts, target) if smoking else []
+    result.stages.append(Stage("verify", verify))
     return result

@@ -10,6 +10,7 @@ path, a user or a Python.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TypeVar
@@ -23,6 +24,14 @@ from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
 S = TypeVar("S", bound=Step)
+REPOSITORY = "gpurig/bloomkit"
+
+
+def image_tag(spec_sha256: str, target: Target) -> str:
+    """gpurig/bloomkit:<target>-<12 hex of the spec and lock hashes>: what `gpurig image build`
+    tags, and the image a host with containers on smoke-tests by default."""
+    digest = hashlib.sha256(f"{spec_sha256}:{target.sha256}".encode()).hexdigest()
+    return f"{REPOSITORY}:{target.name}-{digest[:12]}"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def without_report(timeout_s: int, code: int | None, lines: list[str]) -> str:
     return f"smoke: exited {code if code is not None else '?'} without a report{said}"
 
 
-def step(stack: Stack, has_gpu: bool) -> Smoke:
+def step(stack: Stack, has_gpu: bool, extra: list[str] | None = None) -> Smoke:
+    """extra: more `bloomkit smoke` options (the DCGM stage's, gpurig.plan.dcgm)."""
     return Smoke(
         "verify.smoke",
         "Run bloomkit smoke",
@@ -65,7 +66,7 @@ def step(stack: Stack, has_gpu: bool) -> Smoke:
             stack.host.user,
             stack.host.report,
             stack.smoke.timeout_s,
-            smoke_args(stack, has_gpu),
+            [*smoke_args(stack, has_gpu), *(extra or [])],
             offline=stack.smoke.model in {m.repo for m in stack.models},
         ),
     )

@@ -142,6 +142,31 @@ class Smoke(Step):
 
 
 @dataclass(frozen=True)
+class Service(Step):
+    """A systemd unit enabled and running (the plan has none on a host without systemd)."""
+
+    kind: ClassVar[str] = "service"
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Script(Step):
+    """A host-side script run as root: one text for every front end.
+
+    `unless` is a shell test that holds when the step is in place: pyinfra reads it as a fact
+    and plans no change; `script` starts with the same test (printing `gpurig: unchanged`), so
+    the Ansible roles run the script as it is. Without `unless` the step runs every time (a
+    check). The plan has it keep its full output in /var/log/gpurig/ and print the lines worth
+    a diagnosis; on failure they read as gpurig's named diagnoses.
+    """
+
+    kind: ClassVar[str] = "script"
+    script: str = ""
+    unless: str = ""
+    timeout_s: int = 600
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str  # system, python, nvidia, llm_env, verify
     steps: list[Step] = field(default_factory=list)
