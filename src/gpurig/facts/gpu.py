@@ -134,35 +134,32 @@ def _sections(lines: list[str]) -> dict[str, list[str]]:
     return sections
 
 
+def _nvidia_functions(lines: list[str]) -> list[tuple[str, str, str]]:
+    """(slot, class, device id) of every NVIDIA function in `lspci -Dnmm` lines."""
+    found = []
+    for line in lines:
+        try:
+            fields = [f for f in shlex.split(line) if not f.startswith("-")]
+        except ValueError:
+            continue
+        if len(fields) >= 4 and fields[2].lower() == NVIDIA_VENDOR:
+            found.append((fields[0].lower(), fields[1], fields[3].lower()))
+    return found
+
+
 def parse_pci(lines: list[str]) -> list[tuple[str, str]]:
     """(slot, device id) of NVIDIA display controllers (class 03xx) in `lspci -Dnmm` lines.
 
     Other NVIDIA functions (the HDMI audio and USB-C controllers of GeForce boards, NVSwitch
     bridges on HGX baseboards) are not GPUs."""
-    found = []
-    for line in lines:
-        try:
-            fields = [f for f in shlex.split(line) if not f.startswith("-")]
-        except ValueError:
-            continue
-        if len(fields) < 4 or fields[2].lower() != NVIDIA_VENDOR:
-            continue
-        if fields[1].startswith("03"):
-            found.append((fields[0].lower(), fields[3].lower()))
-    return found
+    return [
+        (slot, device) for slot, cls, device in _nvidia_functions(lines) if cls.startswith("03")
+    ]
 
 
 def parse_nvswitches(lines: list[str]) -> list[str]:
     """Slots of the NVSwitch devices (NVIDIA, class 0680) in `lspci -Dnmm` lines."""
-    found = []
-    for line in lines:
-        try:
-            fields = [f for f in shlex.split(line) if not f.startswith("-")]
-        except ValueError:
-            continue
-        if len(fields) >= 4 and fields[2].lower() == NVIDIA_VENDOR and fields[1] == NVSWITCH_CLASS:
-            found.append(fields[0].lower())
-    return found
+    return [slot for slot, cls, _ in _nvidia_functions(lines) if cls == NVSWITCH_CLASS]
 
 
 def parse_driver(lines: list[str]) -> str | None:
