@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpurig import hostlayout, lock, spec
+from gpurig import hostlayout, spec
 from gpurig.bloomkit_wheel import Wheel
 from gpurig.errors import GpurigError
 from gpurig.images import render
@@ -20,16 +20,6 @@ from gpurig.plan.steps import ServiceUser, Venv
 from gpurig.preflight import evaluate
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def stack() -> spec.Stack:
-    return spec.load(REPO / "stack.yml")
-
-
-@pytest.fixture(scope="module")
-def locked() -> Lock:
-    return lock.load(REPO / "lock")
 
 
 def _with_host(stack: spec.Stack, **fields: str) -> spec.Stack:

@@ -14,16 +14,6 @@ from gpurig.errors import UsageError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def stack() -> spec.Stack:
-    return spec.load(REPO / "stack.yml")
-
-
-@pytest.fixture(scope="module")
-def locked() -> lock.Lock:
-    return lock.load(REPO / "lock")
-
-
 def test_committed_lock_is_fresh(stack: spec.Stack, locked: lock.Lock) -> None:
     locked.assert_fresh(stack)
 
