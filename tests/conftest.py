@@ -1,4 +1,5 @@
-"""Helpers every test folder shares: a model checkpoint laid out in a Hugging Face cache."""
+"""Fixtures every test folder shares: the repository's spec and lock, and a model checkpoint
+laid out in a Hugging Face cache."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gpurig import lock, spec
 from gpurig.sandbox.hubcache import lay_out
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_REPO = "gpurig-test/tiny-bloom"
 
 
@@ -38,3 +41,15 @@ def tiny_bloom_hub(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     """(hub cache folder, repo id, revision) of a tiny BLOOM in a controller-side HF cache."""
     hub = tmp_path_factory.mktemp("controller-hf") / "hub"
     return hub, TINY_REPO, make_tiny_bloom(hub)
+
+
+@pytest.fixture(scope="module")
+def stack() -> spec.Stack:
+    """stack.yml as committed (a test file may define its own `stack` instead)."""
+    return spec.load(REPO / "stack.yml")
+
+
+@pytest.fixture(scope="module")
+def locked() -> lock.Lock:
+    """The committed lock."""
+    return lock.load(REPO / "lock")

@@ -10,11 +10,8 @@ Ansible then re-runs on its two hosts, check mode runs on them, and the parity s
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,37 +21,15 @@ import docker
 import pytest
 
 from gpurig import hostlayout
-from gpurig.sandbox import Fleet, docker_env
+from gpurig.sandbox import Fleet
+from gpurig.sandbox.testing import SandboxFleet
+from helpers.front_ends import BIN, REPO_ROOT, Run, ansible_env, run_logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TIMEOUT_S = 1800
 ANSIBLE_HOSTS = "sandbox-1,sandbox-2"  # bookworm, trixie
 PYINFRA_HOST = "sandbox-3"  # bookworm
-RECAP = re.compile(
-    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
-)
-
-
-@dataclass
-class Run:
-    code: int
-    output: str
-    seconds: float
-
-    def recap(self) -> dict[str, dict[str, int]]:
-        """PLAY RECAP per host: ok, changed, unreachable, failed."""
-        return {
-            m[1]: {
-                "ok": int(m[2]),
-                "changed": int(m[3]),
-                "unreachable": int(m[4]),
-                "failed": int(m[5]),
-            }
-            for m in RECAP.finditer(self.output)
-        }
 
 
 @dataclass
@@ -71,29 +46,12 @@ class Provisioned:
 
 
 def _env(fleet: Fleet, reports: Path) -> dict[str, str]:
-    env = {**os.environ, **docker_env(), **fleet.env(), "GPURIG_REPORTS_DIR": str(reports)}
-    env.pop("GPURIG_HOSTS", None)  # it would win over the sandbox in inventory.py
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # ansible-inventory for testinfra
-    env["ANSIBLE_CONFIG"] = str(REPO_ROOT / "ansible.cfg")
-    env["ANSIBLE_FORCE_COLOR"] = "0"
-    return env
+    sandbox = SandboxFleet(fleet, REPO_ROOT / "inventory.py")
+    return ansible_env({**sandbox.env, "GPURIG_REPORTS_DIR": str(reports)})
 
 
 def _run(name: str, argv: list[str], env: dict[str, str]) -> Run:
-    began = time.monotonic()
-    done = subprocess.run(
-        argv,
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    run = Run(done.returncode, done.stdout, time.monotonic() - began)
-    print(f"\n--- {name}: exit {run.code} in {run.seconds:.1f} s\n{run.output[-5000:]}")
-    return run
+    return run_logged(name, argv, env, TIMEOUT_S)
 
 
 def playbook(env: dict[str, str], *args: str) -> list[str]:

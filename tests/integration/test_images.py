@@ -30,16 +30,6 @@ REBUILD_LIMIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def stack() -> spec.Stack:
-    return spec.load(REPO / "stack.yml")
-
-
-@pytest.fixture(scope="module")
-def locked() -> lock.Lock:
-    return lock.load(REPO / "lock")
-
-
-@pytest.fixture(scope="module")
 def target(stack: spec.Stack, locked: lock.Lock) -> lock.Target:
     return build.pick_target(stack, locked, "cpu")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import secrets
 import select
 import socket
@@ -33,7 +32,6 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +41,10 @@ import pytest
 import yaml
 
 from gpurig.sandbox.testing import SandboxFleet
+from helpers.front_ends import BIN, REPO_ROOT, Run, ansible_env, run_logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 RUN_TIMEOUT_S = 1500
 SECRET = f"PLANTED{secrets.token_hex(8)}"
 HOLDERS = {"/etc/gpurig/environment", "/etc/apt/apt.conf.d/90gpurig-proxy"}
@@ -201,13 +198,6 @@ def running(user: str, password: str) -> Iterator[Proxy]:
 
 
 @dataclass
-class Run:
-    name: str
-    code: int
-    output: str
-
-
-@dataclass
 class Planted:
     fleet: SandboxFleet
     host: str
@@ -218,31 +208,14 @@ class Planted:
     runs: list[Run]
 
 
-def _run(name: str, argv: list[str], env: dict[str, str]) -> Run:
-    began = time.monotonic()
-    done = subprocess.run(
-        argv,
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    seconds = time.monotonic() - began
-    print(f"\n--- {name}: exit {done.returncode} in {seconds:.1f} s\n{done.stdout[-4000:]}")
-    return Run(name, done.returncode, done.stdout)
-
-
 def pyinfra_deploy(env: dict[str, str], name: str) -> Run:
     argv = [sys.executable, "-m", "gpurig.cli", "deploy", "--", "-vv"]
-    return _run(name, argv, env)
+    return run_logged(name, argv, env, RUN_TIMEOUT_S)
 
 
 def ansible_playbook(fleet: SandboxFleet, env: dict[str, str], name: str) -> Run:
     argv = [str(BIN / "ansible-playbook"), "-vv", "-i", str(fleet.ansible_inventory)]
-    return _run(name, [*argv, "playbooks/gpu.yml"], env)
+    return run_logged(name, [*argv, "playbooks/gpu.yml"], env, RUN_TIMEOUT_S)
 
 
 def ssh_ok(fleet: SandboxFleet, host: str, command: str) -> str:
@@ -266,17 +239,16 @@ def planted(
         stack["network"]["proxy"] = f"http://gpurig:{SECRET}@127.0.0.1:{proxy.port}"
         stack_file = root / "stack.yml"
         stack_file.write_text(yaml.safe_dump(stack))
-        env = {
-            **fleet.env,
-            "GPURIG_STACK": str(stack_file),
-            "GPURIG_REPORTS_DIR": str(reports),
-            "TMPDIR": str(temp),
-            "ANSIBLE_HOME": str(ansible_home),
-            "ANSIBLE_LOCAL_TEMP": str(ansible_home / "tmp"),
-            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = ansible_env(
+            {
+                **fleet.env,
+                "GPURIG_STACK": str(stack_file),
+                "GPURIG_REPORTS_DIR": str(reports),
+                "TMPDIR": str(temp),
+                "ANSIBLE_HOME": str(ansible_home),
+                "ANSIBLE_LOCAL_TEMP": str(ansible_home / "tmp"),
+            }
+        )
         ssh_ok(fleet, host, SAMPLER)
         runs = [pyinfra_deploy(env, "pyinfra -vv (fresh)")]
         runs.append(ansible_playbook(fleet, env, "ansible-playbook -vv"))
