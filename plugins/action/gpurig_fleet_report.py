@@ -1,4 +1,5 @@
-"""Action plugin: the fleet summary of a playbook run, by gpurig.report (as `gpurig report`).
+"""Action plugin: the fleet summary of a playbook run, by gpurig.ansible_report (its words are
+gpurig.report's, as `gpurig report` prints them).
 
 Hosts that ran the smoke test have their fetched report; hosts that stopped earlier get a
 report written by gpurig.report.failure_report with the reason; hosts whose smoke test was
@@ -27,7 +28,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         try:
-            from gpurig import ansible_bridge
+            from gpurig import ansible_report
         except ImportError as error:
             raise AnsibleActionFail(f"gpurig is not importable ({error})") from None
         hosts = list(self._task.args.get("hosts") or [])
@@ -39,14 +40,14 @@ class ActionModule(ActionBase):
         for name in hosts:
             host = hostvars[name]
             code = self._templar.template(host.get("gpurig_smoke_exit"))
-            outcomes[name] = ansible_bridge.HostOutcome(
+            outcomes[name] = ansible_report.HostOutcome(
                 verdict=self._templar.template(host.get("gpurig_smoke_verdict")),
                 preflight=self._templar.template((host.get("ansible_facts") or {}).get("gpurig")),
                 smoke_exit=int(code) if code not in (None, "") else None,
                 failure=self._templar.template(host.get("gpurig_failure")),
             )
         started = float(self._task.args.get("started") or time.time())
-        ok, lines = ansible_bridge.fleet_summary(
+        ok, lines = ansible_report.fleet_summary(
             Path(self._task.args["reports_dir"]), outcomes, started
         )
         # Not failed here: the play prints the summary first, then fails on `ok`.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gpurig import ansible_bridge, bloomkit_wheel, hostlayout, lock, report, spec
+from gpurig import ansible_bridge, ansible_report, bloomkit_wheel, hostlayout, lock, report, spec
 from gpurig.bloomkit_wheel import Wheel
 from gpurig.plan import python as plan_python
 from gpurig.plan import system as plan_system
@@ -193,17 +195,17 @@ def test_fleet_summary_writes_reasons_and_the_run_file(tmp_path: Path) -> None:
     report.write(tmp_path, "bad", {"verdict": "fail", "failures": ["llm: loss is nan"]})
     refused = _plan(_host(), {"gpurig_nvidia_require_gpu": True})
     outcomes = {
-        "good": ansible_bridge.HostOutcome("pass", {"ok": True}),
-        "bad": ansible_bridge.HostOutcome("fail", {"ok": True}, 1, "Fail the host: smoke fail"),
-        "apt": ansible_bridge.HostOutcome(None, {"ok": True}, None, "Install packages: E: 404"),
-        "refused": ansible_bridge.HostOutcome(None, refused),
-        "gone": ansible_bridge.HostOutcome(None, None),
-        "timed-out": ansible_bridge.HostOutcome(
+        "good": ansible_report.HostOutcome("pass", {"ok": True}),
+        "bad": ansible_report.HostOutcome("fail", {"ok": True}, 1, "Fail the host: smoke fail"),
+        "apt": ansible_report.HostOutcome(None, {"ok": True}, None, "Install packages: E: 404"),
+        "refused": ansible_report.HostOutcome(None, refused),
+        "gone": ansible_report.HostOutcome(None, None),
+        "timed-out": ansible_report.HostOutcome(
             "no report", {"steps": {"verify.smoke": {"timeout_s": 900}}}, 124
         ),
-        "checked": ansible_bridge.HostOutcome("skipped", {"ok": True}),
+        "checked": ansible_report.HostOutcome("skipped", {"ok": True}),
     }
-    ok, lines = ansible_bridge.fleet_summary(tmp_path, outcomes, started=1.0)
+    ok, lines = ansible_report.fleet_summary(tmp_path, outcomes, started=1.0)
     assert not ok
     text = "\n".join(lines)
     assert "1 of 7 host(s) passed, 1 skipped, 5 failed" in text
@@ -215,3 +217,14 @@ def test_fleet_summary_writes_reasons_and_the_run_file(tmp_path: Path) -> None:
     assert run["hosts"]["checked"]["status"] == "skipped"
     assert run["hosts"]["gone"]["status"] == "failed"
     assert [r.host for r in report.load_run(tmp_path)] == list(outcomes)
+
+
+def test_the_fleet_report_imports_neither_pyinfra_nor_the_plan() -> None:
+    """The fleet report action imports gpurig.ansible_report alone: it stays light (seconds
+    less per playbook run) only while it does not pull in the bridge's imports."""
+    heavy = ("pyinfra", "gpurig.plan", "gpurig.controller", "gpurig.ansible_bridge")
+    code = f"import sys, gpurig.ansible_report; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
