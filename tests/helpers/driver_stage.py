@@ -24,10 +24,11 @@ from gpurig.deploys import nvidia as stage
 from gpurig.facts import gpu
 from gpurig.facts.gpu import GpuHost
 from gpurig.lock import Target
-from gpurig.model.host import GpuState, HostFacts, SmiGpu, pci_gpu
+from gpurig.model.host import GpuState, SmiGpu, pci_gpu
 from gpurig.plan import HostPlan
 from gpurig.plan import driver as driver_plan
 from gpurig.preflight import Verdict
+from helpers.facts import host_facts
 
 H100 = pci_gpu("0000:3b:00.0", "2330")
 UBUNTU_KERNEL = "6.8.0-45-generic"
@@ -161,8 +162,8 @@ def run_stage(
         return facts[cls]
 
     host.get_fact = get_fact  # type: ignore[method-assign]
-    host_facts = HostFacts(os_id, os_version, "x86_64", python, "2.36", 100.0, 64.0, True, True)
-    for key, value in {FACTS_KEY: host_facts, **(data or {})}.items():
+    probed = host_facts(os_id=os_id, os_version=os_version, python3=python)
+    for key, value in {FACTS_KEY: probed, **(data or {})}.items():
         setattr(host.data, key, value)
     pyinfra_state.activate_host(host)
     the_verdict = the_verdict or verdict()
@@ -170,13 +171,11 @@ def run_stage(
     the_stack = the_stack or stack()
     # As preflight plans it: a host with no GPU on the PCI bus gets no driver section.
     section = (
-        driver_plan.driver_section(
-            the_stack, host_facts, state, the_verdict, facts[AptSources], knobs
-        )
+        driver_plan.driver_section(the_stack, probed, state, the_verdict, facts[AptSources], knobs)
         if state.gpus
         else None
     )
-    plan = HostPlan(the_stack, host_facts, the_verdict, driver=section)
+    plan = HostPlan(the_stack, probed, the_verdict, driver=section)
     add_deploy(pyinfra_state, stage.nvidia_driver, plan)
     result = Run(pyinfra_state, host, facts)
     for op_hash in pyinfra_state.get_op_order():

@@ -7,6 +7,7 @@ import pytest
 from gpurig import diagnose
 from gpurig.diagnose import Context, Diagnosis
 from gpurig.model.host import HostFacts, PciGpu
+from helpers.facts import host_facts
 
 KERNEL = "6.18.44-fc-v657"
 H100 = PciGpu("0000:00:05.0", "2330", "NVIDIA H100 SXM5 80GB", "9.0")
@@ -200,20 +201,7 @@ def test_unrecognised_output_is_still_short_and_points_to_the_log() -> None:
 
 
 def _facts(**fields: object) -> HostFacts:
-    base: dict[str, object] = {
-        "os_id": "debian",
-        "os_version": "12",
-        "arch": "x86_64",
-        "python3": "3.11",
-        "glibc": "2.36",
-        "free_disk_gb": 100.0,
-        "memory_gb": 64.0,
-        "sudo": True,
-        "systemd": True,
-        "gpus": [H100],
-        "kernel": KERNEL,
-    }
-    return HostFacts(**{**base, **fields})  # type: ignore[arg-type]
+    return host_facts(**{"gpus": [H100], "kernel": KERNEL, **fields})
 
 
 def test_facts_of_a_host_whose_dkms_module_never_built() -> None:

@@ -12,12 +12,12 @@ from gpurig.bloomkit_wheel import Wheel
 from gpurig.errors import GpurigError
 from gpurig.images import render
 from gpurig.lock import Lock
-from gpurig.model.host import HostFacts
 from gpurig.plan import ControllerFiles
 from gpurig.plan import build as build_host_plan
 from gpurig.plan import image as image_plan
 from gpurig.plan.steps import ServiceUser, Venv
 from gpurig.preflight import evaluate
+from helpers.facts import host_facts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_the_image_gets_what_a_host_of_its_distribution_gets(
     uv_python: bool,
 ) -> None:
     target = locked.targets["cpu-cp311"]
-    facts = HostFacts(os_id, version, "x86_64", python3, "2.36", 100.0, 64.0, True, True)
+    facts = host_facts(os_id=os_id, os_version=version, python3=python3)
     verdict = evaluate(facts, stack, locked)
     verdict.target, verdict.problems = target, []
     wheel = Wheel(tmp_path / "bloomkit-0.1.0-py3-none-any.whl", "ab" * 32)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gpurig.errors import GpurigError
-from gpurig.model.host import HostFacts
 from gpurig.plan import driver as driver_plan
 from helpers.driver_stage import DEBIAN_SOURCES, OS, UBUNTU_KERNEL, fresh, stack, verdict
+from helpers.facts import host_facts
 
 # Plans for each supported OS, Secure Boot on and off.
 
@@ -86,7 +86,7 @@ def test_unsupported_os_is_refused() -> None:
     with pytest.raises(GpurigError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
         driver_plan.plan_driver("rocky", "9", fresh(), stack().nvidia)
     # The section the deploy renders is refused the same way (plan.build makes it a problem).
-    rocky = HostFacts("rocky", "9", "x86_64", "3.11", "2.36", 100.0, 64.0, True, True)
+    rocky = host_facts(os_id="rocky", os_version="9")
     with pytest.raises(GpurigError, match=r"Ubuntu 22\.04/24\.04 and Debian 12/13, not rocky-9"):
         driver_plan.driver_section(stack(), rocky, fresh(), verdict(), DEBIAN_SOURCES, {})
 

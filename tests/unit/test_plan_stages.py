@@ -16,6 +16,7 @@ from gpurig.model.host import HostFacts
 from gpurig.plan import plan_problems, python, system
 from gpurig.plan import venv as llm_env
 from gpurig.preflight import Verdict
+from helpers.facts import host_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,18 +138,7 @@ def test_download_command_asks_for_the_hosts_platform(stack: spec.Stack, tmp_pat
 
 
 def facts(**changes: object) -> HostFacts:
-    base: dict[str, object] = {
-        "os_id": "debian",
-        "os_version": "12",
-        "arch": "x86_64",
-        "python3": "3.11",
-        "glibc": "2.36",
-        "free_disk_gb": 100.0,
-        "memory_gb": 16.0,
-        "sudo": True,
-        "systemd": False,
-    }
-    return HostFacts(**{**base, **changes})  # type: ignore[arg-type]
+    return host_facts(**{"memory_gb": 16.0, "systemd": False, **changes})
 
 
 def test_describe_says_what_the_host_gets() -> None:

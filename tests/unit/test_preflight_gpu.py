@@ -13,6 +13,7 @@ from gpurig.lock import Lock, Target, target_name
 from gpurig.model import host as host_model
 from gpurig.model.host import HostFacts, PciGpu, has_kernels, pci_gpu
 from gpurig.preflight import Verdict
+from helpers.facts import host_facts
 
 SLOT = "0000:3b:00.0"
 
@@ -57,21 +58,15 @@ def make_lock(stack: spec.Stack) -> Lock:
 
 
 def host(gpus: list[PciGpu] | None = None, **fields: object) -> HostFacts:
-    base: dict[str, object] = {
-        "os_id": "debian",
-        "os_version": "12",
-        "arch": "x86_64",
-        "python3": "3.11",
-        "glibc": "2.36",
-        "free_disk_gb": 200.0,
-        "memory_gb": 64.0,
-        "sudo": True,
-        "systemd": True,
-        "gpus": [H100] if gpus is None else gpus,
-        "kernel": "6.1.0-25-cloud-amd64",
-        "kernel_headers": True,
-    }
-    return HostFacts(**{**base, **fields})  # type: ignore[arg-type]
+    return host_facts(
+        **{
+            "free_disk_gb": 200.0,
+            "gpus": [H100] if gpus is None else gpus,
+            "kernel": "6.1.0-25-cloud-amd64",
+            "kernel_headers": True,
+            **fields,
+        }
+    )
 
 
 def evaluate(facts: HostFacts, stack: spec.Stack) -> Verdict:
