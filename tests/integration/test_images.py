@@ -3,7 +3,7 @@
 One cold build per session (a couple of minutes on 2 cores; BuildKit's cache makes later
 sessions quick), then checks on it; the rebuild after a bloomkit-only change must reuse the
 dependency layers. The CUDA image cannot be built here (no registry for its base): its
-Dockerfiles are rendered and linted by tests/unit/test_images.py.
+Dockerfiles are rendered and linted by tests/unit/test_image_render.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`gpurig preflight` without hosts: its verdict files, its report and its exit status.
 
-The command against real sandbox hosts is in tests/integration/test_nvidia.py."""
+The command against real sandbox hosts is in tests/integration/test_nvidia_preflight.py."""
 
 from __future__ import annotations
 
