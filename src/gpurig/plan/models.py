@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import ClassVar, Literal
 
+from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
+from gpurig.model.host import HostFacts
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
@@ -87,16 +89,49 @@ class Models(Step):
     script: str = ""  # run as root
 
 
-def source(stack: Stack, model: HubModel) -> Literal["push", "fetch"]:
-    """Pushed where asked, and to offline hosts when auto; downloaded by the host otherwise."""
-    if model.source == "controller" or (model.source == "auto" and stack.install.offline):
+def asks_hub(stack: Stack) -> bool:
+    """Does preflight test the host's way to the Hub? Only for `auto` models it may download."""
+    return not stack.install.offline and any(m.source == "auto" for m in stack.models)
+
+
+def hub(stack: Stack, facts: HostFacts | None) -> HubAnswer | None:
+    """What preflight's probe found (gpurig.facts.hub); None when it did not ask."""
+    if facts is None or not asks_hub(stack):
+        return None
+    return answer(facts.hub, ca_bundle=stack.network.ca_bundle is not None)
+
+
+def source(
+    stack: Stack, model: HubModel, facts: HostFacts | None = None
+) -> Literal["push", "fetch"]:
+    """Pushed where asked, and when auto to offline hosts: `install.offline`, or a host whose
+    preflight found no way to the Hub. Downloaded by the host otherwise."""
+    if model.source == "controller":
         return "push"
+    if model.source == "auto":
+        found = hub(stack, facts)
+        if stack.install.offline or (found is not None and found.reachable is False):
+            return "push"
     return "fetch"
 
 
-def pushed(stack: Stack) -> list[HubModel]:
+def pushed(stack: Stack, facts: HostFacts | None = None) -> list[HubModel]:
     """The models the controller must bring to this host."""
-    return [m for m in stack.models if source(stack, m) == "push"]
+    return [m for m in stack.models if source(stack, m, facts) == "push"]
+
+
+def notes(stack: Stack, facts: HostFacts | None) -> list[str]:
+    """Preflight's word on the Hub test, when it changed or could not decide the source."""
+    found = hub(stack, facts)
+    if found is None or found.reachable is True:
+        return []
+    auto = ", ".join(m.repo for m in stack.models if m.source == "auto")
+    if found.reachable is None:
+        return [f"could not test the way to the Hub ({found.why}): the host downloads {auto}"]
+    return [
+        f"the host does not reach the Hub ({found.why}): {auto} pushed from the controller's "
+        "HF cache, as to an offline host"
+    ]
 
 
 def _link(path: str, blob: str) -> str:
@@ -235,8 +270,11 @@ def _as_user(user: str, inner: str) -> str:
     )
 
 
-def step(stack: Stack, controller_models: list[PushedModel]) -> Models:
-    """controller_models: the snapshots of `pushed(stack)`, read from the controller's cache."""
+def step(
+    stack: Stack, controller_models: list[PushedModel], facts: HostFacts | None = None
+) -> Models:
+    """controller_models: the snapshots of `pushed(stack, facts)`, read from the controller's
+    cache."""
     hub = hub_dir(stack.host.hf_home)
     user = stack.host.user
     by_repo = {m.repo: m for m in controller_models}
@@ -246,7 +284,7 @@ def step(stack: Stack, controller_models: list[PushedModel]) -> Models:
     uploads: dict[str, ModelUpload] = {}
     for spec_model in stack.models:
         repo, rev = spec_model.repo, spec_model.revision
-        if source(stack, spec_model) == "fetch":
+        if source(stack, spec_model, facts) == "fetch":
             check += _check_fetched(repo, rev)
             place += _place_fetched(repo, rev, python)
             continue
@@ -292,5 +330,7 @@ def missing(lines: list[str]) -> list[str]:
     return [line for line in said if line != CHECKED] if CHECKED in said else ["unchecked"]
 
 
-def steps(stack: Stack, controller_models: list[PushedModel]) -> list[Step]:
-    return [step(stack, controller_models)] if stack.models else []
+def steps(
+    stack: Stack, controller_models: list[PushedModel], facts: HostFacts | None = None
+) -> list[Step]:
+    return [step(stack, controller_models, facts)] if stack.models else []
