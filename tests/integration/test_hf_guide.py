@@ -70,8 +70,8 @@ def test_the_guides_script_runs_as_the_service_user(deployed: SandboxFleet) -> N
 # controller-side HF cache, checked by hash on the host, a re-run changes nothing, and a
 # corrupted blob is pushed again. The model is `source: auto` on a host without
 # install.offline: it is pushed because preflight finds no way to the Hub from here (none is
-# reachable), in both front ends (a download would fail). Each deploy skips the smoke test; the pushed model is then
-# read offline by bloomkit as the service user.
+# reachable), in both front ends (a download would fail). Each deploy skips the smoke test;
+# the pushed model is then read offline by bloomkit as the service user.
 MODELS_TIMEOUT_S = 300
 
 

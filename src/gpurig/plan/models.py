@@ -30,6 +30,7 @@ from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
 CHANGED = "gpurig: changed: "
+HASHED = ".hashed"  # beside a pushed file: hashed on the host as it was written (`receive`)
 CHECKED = "checked"  # the check's last line: it ran to its end (a cut-off check proves nothing)
 # The Hub's download, run by the venv's python as the service user; the revision is pinned.
 DOWNLOAD = (
@@ -72,6 +73,25 @@ class ModelUpload:
     src: str  # on the controller
     size: int
     label: str  # repo/path, what progress names
+
+    @property
+    def blob(self) -> str:
+        return self.name.rpartition("@")[2]
+
+
+def receive(upload: ModelUpload, incoming: str) -> str:
+    """The host's side of a streamed push, run as root: the bytes from stdin are written to
+    incoming/<name> and hashed in the same pass (no second read of a gigabyte file); when the
+    hash is the blob's name and the size is whole, a `<name>.hashed` marker says so, and the
+    placing script takes the file without reading it again. It prints the hash it found."""
+    header = f"printf 'blob %s\\000' {upload.size}; " if len(upload.blob) == 40 else ""
+    hashing = "sha256sum" if len(upload.blob) == 64 else "sha1sum"  # git's: header, bytes
+    return (
+        f"umask 077; f={shlex.quote(f'{incoming}/{upload.name}')}; "
+        f'h=$({{ {header}tee "$f" || rm -f "$f"; }} | {hashing}); h=${{h%% *}}; echo "$h"; '
+        f'[ "$h" = {upload.blob} ] && [ -f "$f" ] && [ ! -L "$f" ] && '
+        f'[ "$(stat -c %s "$f")" = {upload.size} ] && : > "$f{HASHED}"'
+    )
 
 
 @dataclass(frozen=True)
@@ -251,7 +271,9 @@ def _place_prelude(hub: str, incoming: str) -> list[str]:
         "place() {",
         '  blob_ok "$M/blobs/$1" "$1" && return 0',
         '  if [ -n "${GPURIG_DRY_RUN:-}" ]; then echo "' + CHANGED + '$2"; return 0; fi',
-        '  blob_ok "$IN/$3" "$1" || fail "$2 (blob $1) is missing or does not match its hash '
+        # A marker: the pushing front end hashed the bytes on the host as they were written.
+        f'  {{ [ -f "$IN/$3{HASHED}" ] && [ -f "$IN/$3" ] && [ ! -L "$IN/$3" ]; }} || '
+        'blob_ok "$IN/$3" "$1" || fail "$2 (blob $1) is missing or does not match its hash '
         'after the transfer"',
         '  change "$2"',
         '  chmod 0644 "$IN/$3" && mkdir -p "$M/blobs" && mv -f "$IN/$3" "$M/blobs/$1"',
