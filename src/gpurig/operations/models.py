@@ -50,7 +50,7 @@ def _mb(size: int) -> str:
 
 
 def _progress(host: Host, label: str, size: int) -> Any:
-    """An SFTP callback that logs how far a big file got, at most every few seconds."""
+    """A callback that logs how far a big file got, at most every few seconds."""
     started = last = time.monotonic()
 
     def report(done: int, total: int) -> None:
