@@ -14,6 +14,8 @@ timed); then per round, interleaved, the pyinfra deploy of the models step alone
     give the step's MB/s; the transfer's own MB/s is what the operation logs;
   - again with the model in place: the no-change cost (the check reads every file);
   - `scp` of the same blob files to a folder on the host, then removed.
+With `--baseline SRC` (another checkout's `src/`, e.g. from `git archive`), each round also
+pushes with that code, right after this tree's push: before/after under the same load.
 Medians over the rounds; MB is 10^6 bytes.
 """
 
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=REPO / "bench-models.json")
     parser.add_argument("--keep", action="store_true", help="keep the fleet (debugging)")
+    parser.add_argument("--baseline", type=Path, help="another checkout's src/ to compare")
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
@@ -112,6 +115,15 @@ def main() -> None:
             assert logged, output[-2000:]
             rounds["transfer_mb_s"].append(float(logged[-1]))
             rounds["again_s"].append(run("models step, model in place", step_only, models_env)[0])
+            if args.baseline:
+                code, out = bench.fleet.ssh(host, f"sudo -n rm -rf {cached}")
+                assert code == 0, out
+                base_env = {**models_env, "PYTHONPATH": str(args.baseline.resolve())}
+                seconds, output = run("models step, pushed by --baseline", step_only, base_env)
+                rounds.setdefault("baseline_push_s", []).append(seconds)
+                rounds.setdefault("baseline_transfer_mb_s", []).append(
+                    float(TRANSFER.findall(output)[-1])
+                )
             code, out = bench.fleet.ssh(host, "rm -rf /tmp/scp-bench && mkdir /tmp/scp-bench")
             assert code == 0, out
             rounds["scp_s"].append(timed("scp of the same files", scp, env))
@@ -130,6 +142,18 @@ def main() -> None:
                 "scp_mb_s": round(mb / med["scp_s"], 1),
                 "push_vs_scp": round(med["scp_s"] / push_only, 2),
                 "no_change_extra_s": round(med["again_s"] - med["fixed_s"], 2),
+                **(
+                    {
+                        "baseline_push_mb_s": round(
+                            mb / (med["baseline_push_s"] - med["fixed_s"]), 1
+                        ),
+                        "baseline_vs_scp": round(
+                            med["scp_s"] / (med["baseline_push_s"] - med["fixed_s"]), 2
+                        ),
+                    }
+                    if args.baseline
+                    else {}
+                ),
                 "load_at_start": round(load, 2),
             }
         )

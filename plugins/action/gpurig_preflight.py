@@ -60,8 +60,10 @@ class ActionModule(ActionBase):
             # Free disk is measured where this host's venvs will live.
             venv = ansible_bridge.venv_path(stack_file, lock_dir, values)
             # As the SSH user, not with become: the probe tests passwordless sudo itself.
+            # The way to the Hub too, where an `auto` model may be downloaded.
+            hub = ansible_bridge.hub_probe(stack_file, lock_dir, values)
             probe = self._low_level_execute_command(
-                ansible_bridge.probe_command(venv), sudoable=False
+                ansible_bridge.probe_command(venv, hub), sudoable=False
             )
             if probe["rc"] != 0:
                 raise AnsibleActionFail(

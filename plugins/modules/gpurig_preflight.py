@@ -9,7 +9,9 @@ module: gpurig_preflight
 short_description: Check a host against gpurig's spec and lock, and compute its plan
 description:
   - Runs the pyinfra deploy's fact probe on the host as the SSH user (OS, Python, glibc, disk,
-    memory, sudo, systemd, NVIDIA GPUs on the PCI bus, the loaded driver, Secure Boot).
+    memory, sudo, systemd, NVIDIA GPUs on the PCI bus, the loaded driver, Secure Boot, and,
+    where stack.yml lists an C(auto) model, whether the host reaches the Hugging Face Hub: a
+    host that does not gets those models pushed from the controller).
   - On the controller, loads the spec and the lock, applies the host's overrides (the
     vocabulary of docs/overrides.md, shared with the pyinfra deploy), and computes the host's
     plan with gpurig.plan, the same verdict and steps as the pyinfra deploy.

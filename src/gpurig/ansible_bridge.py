@@ -33,10 +33,11 @@ GPU_SECTION = "@@gpurig-gpu-fact"
 SOURCES_SECTION = "@@gpurig-apt-sources"
 
 
-def probe_command(venv: str) -> str:
+def probe_command(venv: str, hub: str = "") -> str:
     """The pyinfra deploy's fact probes (system, the GPU layer's, apt sources) in one `sh -c`
-    command line. Run it as the SSH user, without become: it tests passwordless sudo itself."""
-    system = HostProbe().command(venv).strip()
+    command line. Run it as the SSH user, without become: it tests passwordless sudo itself.
+    hub: the Hub test's lines (`hub_probe`), "" when the host's models need none."""
+    system = HostProbe().command(venv, hub).strip()
     gpus = GpuHost().command().strip()
     sources = AptSources().command().strip()
     script = (
@@ -89,6 +90,11 @@ def venv_path(stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> st
         return ctl.host_stack(values).host.venv
     except GpurigError:
         return ctl.stack.host.venv  # the plan names the invalid host data
+
+
+def hub_probe(stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> str:
+    """The Hub test the probe adds for this host (gpurig.controller.Controller.hub_probe)."""
+    return controller(stack_file, lock_dir).hub_probe(values)
 
 
 def host_plan(stdout: str, stack_file: Path, lock_dir: Path, values: Mapping[str, Any]) -> HostPlan:

@@ -18,9 +18,10 @@ from typing import Any
 from gpurig import bloomkit_wheel, hfcache, loading, overrides, plan, wheelhouse
 from gpurig.bloomkit_wheel import Wheel
 from gpurig.errors import GpurigError, UsageError
+from gpurig.facts import hub
 from gpurig.lock import Lock, _uv
 from gpurig.model.host import GpuState, HostFacts
-from gpurig.plan import ControllerFiles, HostPlan
+from gpurig.plan import ControllerFiles, HostPlan, models
 from gpurig.plan.models import pushed
 from gpurig.preflight import Verdict
 from gpurig.spec import Stack
@@ -56,10 +57,19 @@ class Controller:
     def host_stack(self, values: Mapping[str, Any]) -> Stack:
         return overrides.host_stack(self.stack, values)
 
+    def hub_probe(self, values: Mapping[str, Any]) -> str:
+        """The Hub test preflight's probe adds for this host: only where stack.yml has an
+        `auto` model the host may download; "" otherwise (and for invalid host data)."""
+        try:
+            stack = self.host_stack(values)
+        except UsageError:
+            return ""
+        return hub.probe_script(stack) if models.asks_hub(stack) else ""
+
     def verdict(self, stack: Stack, facts: HostFacts) -> Verdict:
         return plan.decide(self.stack, stack, self.lock, facts)
 
-    def files(self, stack: Stack, verdict: Verdict) -> ControllerFiles:
+    def files(self, stack: Stack, verdict: Verdict, facts: HostFacts) -> ControllerFiles:
         target = verdict.target
         assert target is not None
         uv = _uv()
@@ -70,7 +80,7 @@ class Controller:
             ca_sha256=file_sha256(ca) if ca else None,
             requirements=self.lock.requirements(target).read_text(),
             wheels=wheelhouse.host_wheels(stack, self.lock, target, self.wheel),
-            models=[hfcache.snapshot(m.repo, m.revision) for m in pushed(stack)],
+            models=[hfcache.snapshot(m.repo, m.revision) for m in pushed(stack, facts)],
         )
 
     def host_plan(
@@ -86,8 +96,9 @@ class Controller:
         except UsageError as error:  # invalid host data: that host stops, the others go on
             return plan.build(self.stack, facts, Verdict(problems=[str(error)]), None)
         verdict = self.verdict(stack, facts)
+        verdict.notes += models.notes(stack, facts)
         try:
-            files = self.files(stack, verdict) if verdict.ok and verdict.target else None
+            files = self.files(stack, verdict, facts) if verdict.ok and verdict.target else None
         except GpurigError as error:  # a model missing from the controller's cache: this host
             verdict.problems.append(str(error))
             files = None

@@ -68,8 +68,10 @@ def test_the_guides_script_runs_as_the_service_user(deployed: SandboxFleet) -> N
 
 # Models on hosts (issue 13, item 4), on the same freshly deployed host: pushed from a
 # controller-side HF cache, checked by hash on the host, a re-run changes nothing, and a
-# corrupted blob is pushed again. Each deploy skips the smoke test; the pushed model is then
-# read offline by bloomkit as the service user.
+# corrupted blob is pushed again. The model is `source: auto` on a host without
+# install.offline: it is pushed because preflight finds no way to the Hub from here (none is
+# reachable), in both front ends (a download would fail). Each deploy skips the smoke test;
+# the pushed model is then read offline by bloomkit as the service user.
 MODELS_TIMEOUT_S = 300
 
 
@@ -123,10 +125,11 @@ def test_models_are_pushed_checked_and_kept(
     stack.write_text(
         text.replace(
             "\nmodels: []\n",
-            f"\nmodels:\n  - {{repo: {repo}, revision: {rev}, source: controller}}\n",
+            f"\nmodels:\n  - {{repo: {repo}, revision: {rev}}}\n",
         )
     )
     output = _deploy_models(deployed, stack, hub, tmp_path / "r1")
+    assert "does not reach the Hub" in output, output[-3000:]
     assert "model push 1/5" in output, output[-3000:]
     assert "model.safetensors" in output
     placed = _blobs(deployed, host, model)

@@ -3,9 +3,14 @@ out), the Ansible tasks' conditions, and the smoke test reading a listed model o
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.context import ctx_host
@@ -13,7 +18,7 @@ from pyinfra.context import ctx_host
 from gpurig import spec
 from gpurig.operations import models as models_op
 from gpurig.plan import converged, models, smoke
-from gpurig.plan.models import ModelFile, PushedModel
+from gpurig.plan.models import ModelFile, ModelUpload, PushedModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_TASKS = REPO_ROOT / "roles/gpurig_llm_env/tasks/main.yml"
@@ -98,3 +103,62 @@ def test_smoke_reads_a_listed_model_offline() -> None:
     assert "HF_HUB_OFFLINE=1 bloomkit smoke" in listed.command
     other = smoke.step(_stack(smoke={"model": "org/other"}), has_gpu=False)
     assert "HF_HUB_OFFLINE" not in other.command
+
+
+class FakeChannel:
+    """An exec channel whose command runs here, as root, on the bytes sent to it."""
+
+    def __init__(self) -> None:
+        self.command, self.sent, self.done = "", b"", None  # type: str, bytes, Any
+
+    def exec_command(self, command: str) -> None:
+        self.command = command
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def shutdown_write(self) -> None:
+        self.done = subprocess.run(
+            ["/bin/sh", "-c", self.command], input=self.sent, capture_output=True, timeout=60
+        )
+
+    def makefile(self, _: str) -> io.BytesIO:
+        return io.BytesIO(self.done.stdout)
+
+    def makefile_stderr(self, _: str) -> io.BytesIO:
+        return io.BytesIO(self.done.stderr)
+
+    def recv_exit_status(self) -> int:
+        return int(self.done.returncode)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeTransport:
+    def open_session(self) -> FakeChannel:
+        return FakeChannel()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the receiving script runs as root")
+def test_a_streamed_file_is_hashed_on_the_host_and_a_wrong_one_stops_the_push(
+    tmp_path: Path,
+) -> None:
+    data = b'{"model_type": "bloom"}\n'
+    src = tmp_path / "config.json"
+    src.write_bytes(data)
+    blob = hashlib.sha256(data).hexdigest()
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    good = ModelUpload(f"models--org--tiny@{blob}", str(src), len(data), "org/tiny/config.json")
+    seen: list[tuple[int, int]] = []
+    got = models_op._stream(FakeTransport(), good, str(incoming), lambda d, t: seen.append((d, t)))  # type: ignore[arg-type]
+    assert got is None
+    assert (incoming / good.name).read_bytes() == data
+    assert (incoming / f"{good.name}{models.HASHED}").exists()
+    assert seen[-1] == (len(data), len(data))
+    wrong = ModelUpload(f"models--org--tiny@{'e' * 64}", str(src), len(data), "org/tiny/x")
+    got = models_op._stream(FakeTransport(), wrong, str(incoming), None)  # type: ignore[arg-type]
+    assert got is not None
+    assert f"the host read {blob} (exit 1" in got
+    assert not (incoming / f"{wrong.name}{models.HASHED}").exists()

@@ -226,3 +226,57 @@ def test_odd_file_names_and_folders_stay_literal(host: Path, tmp_path: Path) -> 
         assert (snapshot / name).read_text() == f"content {i}\n"
     assert not (Path("/") / "x").exists()
     assert not list(host.rglob("x"))
+
+
+def _receive(upload: models.ModelUpload, incoming: Path, data: bytes) -> tuple[int, str]:
+    done = subprocess.run(
+        ["/bin/sh", "-c", models.receive(upload, str(incoming))],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode().strip()
+
+
+def test_a_streamed_push_is_hashed_as_it_is_written(host: Path, tiny_bloom_hub) -> None:
+    """`receive` writes and hashes in one pass (sha256 and git's sha1); the placing script
+    takes a file with its marker without reading it again, and places the same snapshot."""
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    incoming = Path(step.incoming)
+    incoming.mkdir(mode=0o700)
+    for upload in step.uploads:
+        code, said = _receive(upload, incoming, Path(upload.src).read_bytes())
+        assert (code, said) == (0, upload.blob)
+        assert (incoming / f"{upload.name}{models.HASHED}").exists()
+        assert (incoming / upload.name).stat().st_mode & 0o777 == 0o600
+    assert sorted({len(u.blob) for u in step.uploads}) == [40, 64]  # both kinds of blob
+    assert any("model.safetensors" in line for line in _run(step.script))
+    assert _run(step.check) == []
+
+
+def test_a_streamed_push_with_wrong_bytes_gets_no_marker(host: Path, tiny_bloom_hub) -> None:
+    hub, repo, rev = tiny_bloom_hub
+    step = _step(host, hub, repo, rev)
+    incoming = Path(step.incoming)
+    incoming.mkdir(mode=0o700)
+    weights = next(u for u in step.uploads if u.label.endswith("model.safetensors"))
+    data = bytearray(Path(weights.src).read_bytes())
+    data[100] ^= 0xFF
+    code, said = _receive(weights, incoming, bytes(data))
+    assert code != 0
+    assert said != weights.blob
+    assert len(said) == 64
+    assert not (incoming / f"{weights.name}{models.HASHED}").exists()
+    # The script finds the wrong bytes itself, marker or not; a marker beside a link is no proof.
+    (incoming / f"{weights.name}{models.HASHED}").touch()
+    (incoming / weights.name).unlink()
+    (incoming / weights.name).symlink_to(weights.src)
+    _push(step, [f"need {u.name}" for u in step.uploads if u is not weights])
+    done = subprocess.run(
+        ["/bin/sh", "-c", step.script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert "model.safetensors" in done.stderr
+    assert "does not match its hash" in done.stderr

@@ -63,6 +63,7 @@ class Fixture:
     gpu: GpuState | None = None
     stack: dict[str, Any] | None = None  # changes to stack.yml's sections
     systemd: bool = False  # a host without a GPU runs systemd (a GPU host's comes from `gpu`)
+    hub: str | None = None  # preflight's Hub probe line (gpurig.facts.hub)
 
 
 def _gpu(**fields: Any) -> GpuState:
@@ -160,6 +161,14 @@ FIXTURES = {
             ]
         },
     ),
+    # An `auto` model on a host whose preflight found no way to the Hub: pushed, as offline.
+    "models-no-hub": Fixture(
+        "debian",
+        "12",
+        "3.11",
+        stack={"models": [{"repo": "org/auto", "revision": "c" * 40}]},
+        hub="000 000 6 https://huggingface.co",
+    ),
     # Opt-in GPU services: the engine alone without a GPU; on a pretend H100 with systemd the
     # NVIDIA container toolkit, the image smoke, and DCGM 4 for the driver's CUDA major.
     "containers": Fixture(
@@ -209,6 +218,7 @@ def make_plan(fixture: Fixture, tmp_path: Path, refused: bool = False) -> HostPl
     )  # fmt: skip
     if fixture.gpu:
         facts = replace(facts, gpus=fixture.gpu.gpus, driver_version=fixture.gpu.driver_version)
+    facts = replace(facts, hub=fixture.hub)
     locked = load_lock(REPO_ROOT / "lock")
     verdict = host_plan.preflight.evaluate(facts, stack, locked)
     verdict.problems = [p for p in verdict.problems if "lock" not in p]  # python list widened
@@ -229,7 +239,7 @@ def make_plan(fixture: Fixture, tmp_path: Path, refused: bool = False) -> HostPl
             PushedModel(
                 m.repo, m.revision, [ModelFile("config.json", "c" * 40, 2)], {"c" * 40: "/c"}
             )
-            for m in host_plan.models.pushed(stack)
+            for m in host_plan.models.pushed(stack, facts)
         ],
     )
     built = host_plan.build(stack, facts, verdict, files, fixture.gpu, SOURCES, {})
@@ -374,6 +384,8 @@ def test_the_matrix_covers_the_driver_paths(tmp_path: Path) -> None:
     assert "system.apt_proxy" in plans["proxy"].to_json()["steps"]
     assert "--offline" in plans["offline"].to_json()["steps"]["llm_env.venv"]["script"]
     assert plans["models"].stage("llm_env")[-1].id == "llm_env.models"
+    (no_hub,) = [s for s in plans["models-no-hub"].steps() if s.id == "llm_env.models"]
+    assert [u.label for u in getattr(no_hub, "uploads", [])] == ["org/auto/config.json"]
 
 
 def _pyinfra_commands(built: HostPlan) -> dict[str, list[str]]:

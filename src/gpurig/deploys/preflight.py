@@ -55,7 +55,9 @@ def preflight() -> HostPlan:
     ctl = controller()  # a bad stack.yml or a stale lock stops the whole run, before any host
     watch_run()
     values = host_values()
-    probe = host.get_fact(HostProbe, venv=values["gpurig_host_venv"], _sudo=False)
+    # The way to the Hub too, where an `auto` model may be downloaded (same round trip).
+    hub = ctl.hub_probe(values)
+    probe = host.get_fact(HostProbe, venv=values["gpurig_host_venv"], hub=hub, _sudo=False)
     # The system, then the GPU layer's fact: PCI GPUs, driver, Secure Boot, kernel, DKMS.
     state = host.get_fact(gpu.GpuHost, _sudo=False)
     facts = gpu.apply(to_host_facts(probe), state)

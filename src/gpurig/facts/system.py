@@ -1,7 +1,8 @@
 """Facts the deploy reads: one round trip each, because a no-change re-run is mostly facts.
 
 `HostProbe` gathers what preflight needs of the system before any change (OS, architecture,
-Python, glibc, disk, memory, sudo, systemd, the dpkg lock); `to_host_facts` turns it into
+Python, glibc, disk, memory, sudo, systemd, the dpkg lock, and the way to the Hugging Face Hub
+when the models need it: gpurig.facts.hub); `to_host_facts` turns it into
 `model.host.HostFacts`, whose GPU fields come from the GPU layer's `gpurig.facts.gpu.GpuHost`.
 The others read the state the install stages converge: the venvs and their markers, pushed
 wheels, uv's Python, managed files.
@@ -44,6 +45,7 @@ for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
     if ($n ~ /^[0-9]+$/ && $(n+1) ~ ":" i "$") {print $n; exit}}' /proc/locks 2>/dev/null)
   if [ -n "$pid" ]; then echo "dpkg_lock=$pid $(cat /proc/$pid/comm 2>/dev/null)"; break; fi
 done
+__HUB__
 true
 """
 
@@ -61,8 +63,10 @@ class Probe:
 class HostProbe(FactBase[Probe]):
     """The system part of preflight, in one round trip (key=value lines)."""
 
-    def command(self, venv: str) -> str:
-        return PROBE_SCRIPT.replace("__VENV__", shlex.quote(venv))
+    def command(self, venv: str, hub: str = "") -> str:
+        """hub: gpurig.facts.hub's lines when the plan needs the Hub test (the controller's
+        `hub_probe`), else nothing: a host whose models need no Hub pays nothing."""
+        return PROBE_SCRIPT.replace("__VENV__", shlex.quote(venv)).replace("__HUB__", hub)
 
     @staticmethod
     def default() -> Probe:
@@ -96,6 +100,7 @@ def to_host_facts(probe: Probe) -> HostFacts:
         memory_gb=_int(probe.get("mem_kb")) / 1024**2,
         sudo=probe.get("sudo") == "1",
         systemd=probe.get("systemd") == "1",
+        hub=probe.values.get("hub"),
     )
 
 

@@ -138,6 +138,7 @@ class HostFacts:
     dkms: list[str] = field(default_factory=list)  # `dkms status` lines
     dkms_mok_enrolled: bool | None = None  # None: no DKMS signing key yet
     nvswitches: int = 0  # NVSwitch devices on the PCI bus: an HGX/DGX board (fabric manager)
+    hub: str | None = None  # the Hub probe's line (gpurig.facts.hub); None: not asked
 
     @property
     def os_name(self) -> str:

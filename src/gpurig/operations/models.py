@@ -1,9 +1,12 @@
 """The models step (gpurig.plan.models) as pyinfra renders it: check, push what is missing
-with progress, then the plan's script, which checks every pushed file by its hash.
+with progress, then the plan's script, which places every pushed file once its hash is checked.
 
-A converged host costs one fact (the plan's `check` script) and reports no change. Files go
-straight to the incoming folder as the SSH user over the open SFTP session (no copy through a
-sudo temp file: a model is gigabytes), with a progress line for big files.
+A converged host costs one fact (the plan's `check` script) and reports no change. Each file is
+streamed over its own exec channel of the open SSH connection into the plan's `receive` script
+(as root, into root's incoming folder): the host writes it and hashes the same bytes in one
+pass, so the placing script need not read it again; a progress line for big files. Measured
+against paramiko's SFTP and a second read on the host: as fast on this 2-core machine, where
+CPU is the limit (docs/BENCHMARKS.md, model push); one read less of every file on the host.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from paramiko import SFTPClient
+from paramiko import SSHClient, Transport
 from pyinfra import logger
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.facts import FactBase
@@ -22,10 +25,11 @@ from pyinfra.api.operation import operation
 from pyinfra.api.state import State
 from pyinfra.context import host
 
-from gpurig.plan.models import Models, ModelUpload, missing
+from gpurig.plan.models import Models, ModelUpload, missing, receive
 
 BIG_BYTES = 64 << 20  # files from this size on get progress lines
 PROGRESS_EVERY_S = 5.0
+BLOCK_BYTES = 256 << 10  # read and sent at a time; the SSH layer cuts its own packets
 
 
 class ModelsCheck(FactBase[list[str]]):
@@ -47,7 +51,7 @@ def _mb(size: int) -> str:
 
 
 def _progress(host: Host, label: str, size: int) -> Any:
-    """An SFTP callback that logs how far a big file got, at most every few seconds."""
+    """A callback that logs how far a big file got, at most every few seconds."""
     started = last = time.monotonic()
 
     def report(done: int, total: int) -> None:
@@ -64,21 +68,58 @@ def _progress(host: Host, label: str, size: int) -> Any:
     return report
 
 
+def _as_root(script: str) -> str:
+    """The receiving script as root: the incoming folder is root's (sudo -n, as preflight
+    checked; the deploy's own sudo settings are for pyinfra's commands)."""
+    q = shlex.quote(script)
+    return f'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c {q}; else exec sudo -n /bin/sh -c {q}; fi'
+
+
+def _stream(transport: Transport, item: ModelUpload, incoming: str, report: Any) -> str | None:
+    """One file over its own exec channel into `receive`: written and hashed on the host in
+    one pass. None when the host found the blob's hash; else what went wrong."""
+    channel = transport.open_session()
+    try:
+        channel.exec_command(_as_root(receive(item, incoming)))
+        done = 0
+        with open(item.src, "rb") as source:
+            while block := source.read(BLOCK_BYTES):
+                channel.sendall(block)
+                done += len(block)
+                if report:
+                    report(done, item.size)
+        channel.shutdown_write()
+        out = channel.makefile("rb").read().decode(errors="replace").strip()
+        err = channel.makefile_stderr("rb").read().decode(errors="replace").strip()
+        status = channel.recv_exit_status()
+    finally:
+        channel.close()
+    if status == 0 and out == item.blob:
+        return None
+    return f"the host read {out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"
+
+
 def upload(state: State, host: Host, uploads: list[ModelUpload], incoming: str) -> bool:
-    """Each file to incoming/<name> as the SSH user; the script checks it by hash next."""
-    connect = getattr(host.connector, "get_file_transfer_connection", None)
-    sftp = connect() if connect else None
+    """Each file to incoming/<name>, hashed on the host as it lands; the script places it."""
+    client = getattr(host.connector, "client", None)
+    transport = client.get_transport() if isinstance(client, SSHClient) else None
     began = time.monotonic()
     for i, item in enumerate(uploads, 1):
-        dest = f"{incoming}/{item.name}"
         logger.info(
             f"{host.print_prefix}model push {i}/{len(uploads)}: {item.label} ({_mb(item.size)})"
         )
-        if isinstance(sftp, SFTPClient):
-            big = item.size >= BIG_BYTES
-            callback = _progress(host, item.label, item.size) if big else None
-            sftp.put(item.src, dest, callback=callback, confirm=True)
-        elif not host.put_file(item.src, dest):
+        if transport is None:  # another connector: its own copy; the script hashes the file
+            if not host.put_file(item.src, f"{incoming}/{item.name}"):
+                return False
+            continue
+        big = item.size >= BIG_BYTES
+        problem = _stream(
+            transport, item, incoming, _progress(host, item.label, item.size) if big else None
+        )
+        if problem:
+            logger.error(
+                f"{host.print_prefix}model push: {item.label} (blob {item.blob}): {problem}"
+            )
             return False
     seconds = max(time.monotonic() - began, 1e-6)
     total = sum(u.size for u in uploads)
@@ -98,11 +139,9 @@ def placed(step: Models) -> Generator[Any, None, None]:
     names = {line.split()[1] for line in needed if line.startswith("need ") and " " in line}
     uploads = [u for u in step.uploads if u.name in names]
     if uploads:
-        # Owned by the SSH user (sudo's SUDO_USER) so that SFTP writes there directly; the
-        # script hands the files to the service user once their hashes are checked.
+        # Root's, as the Ansible roles make it; the script hands the files to the service
+        # user once their hashes are checked.
         incoming = shlex.quote(step.incoming)
-        yield StringCommand(
-            f'rm -rf {incoming} && install -d -m 0700 -o "${{SUDO_USER:-root}}" {incoming}'
-        )
+        yield StringCommand(f"rm -rf {incoming} && install -d -m 0700 -o root -g root {incoming}")
         yield FunctionCommand(upload, (uploads, step.incoming), {})
     yield step.script

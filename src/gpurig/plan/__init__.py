@@ -183,7 +183,7 @@ def build(
                 files.requirements,
                 files.wheels,
             )
-            + models.steps(stack, files.models),
+            + models.steps(stack, files.models, facts),
         ),
     ]
     # Opt-in GPU services (stack.yml containers: and dcgm:), each its own stage.

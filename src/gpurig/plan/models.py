@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import ClassVar, Literal
 
+from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
+from gpurig.model.host import HostFacts
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
 CHANGED = "gpurig: changed: "
+HASHED = ".hashed"  # beside a pushed file: hashed on the host as it was written (`receive`)
 CHECKED = "checked"  # the check's last line: it ran to its end (a cut-off check proves nothing)
 # The Hub's download, run by the venv's python as the service user; the revision is pinned.
 DOWNLOAD = (
@@ -71,6 +74,25 @@ class ModelUpload:
     size: int
     label: str  # repo/path, what progress names
 
+    @property
+    def blob(self) -> str:
+        return self.name.rpartition("@")[2]
+
+
+def receive(upload: ModelUpload, incoming: str) -> str:
+    """The host's side of a streamed push, run as root: the bytes from stdin are written to
+    incoming/<name> and hashed in the same pass (no second read of a gigabyte file); when the
+    hash is the blob's name and the size is whole, a `<name>.hashed` marker says so, and the
+    placing script takes the file without reading it again. It prints the hash it found."""
+    header = f"printf 'blob %s\\000' {upload.size}; " if len(upload.blob) == 40 else ""
+    hashing = "sha256sum" if len(upload.blob) == 64 else "sha1sum"  # git's: header, bytes
+    return (
+        f"umask 077; f={shlex.quote(f'{incoming}/{upload.name}')}; "
+        f'h=$({{ {header}tee "$f" || rm -f "$f"; }} | {hashing}); h=${{h%% *}}; echo "$h"; '
+        f'[ "$h" = {upload.blob} ] && [ -f "$f" ] && [ ! -L "$f" ] && '
+        f'[ "$(stat -c %s "$f")" = {upload.size} ] && : > "$f{HASHED}"'
+    )
+
 
 @dataclass(frozen=True)
 class Models(Step):
@@ -87,16 +109,49 @@ class Models(Step):
     script: str = ""  # run as root
 
 
-def source(stack: Stack, model: HubModel) -> Literal["push", "fetch"]:
-    """Pushed where asked, and to offline hosts when auto; downloaded by the host otherwise."""
-    if model.source == "controller" or (model.source == "auto" and stack.install.offline):
+def asks_hub(stack: Stack) -> bool:
+    """Does preflight test the host's way to the Hub? Only for `auto` models it may download."""
+    return not stack.install.offline and any(m.source == "auto" for m in stack.models)
+
+
+def hub(stack: Stack, facts: HostFacts | None) -> HubAnswer | None:
+    """What preflight's probe found (gpurig.facts.hub); None when it did not ask."""
+    if facts is None or not asks_hub(stack):
+        return None
+    return answer(facts.hub, ca_bundle=stack.network.ca_bundle is not None)
+
+
+def source(
+    stack: Stack, model: HubModel, facts: HostFacts | None = None
+) -> Literal["push", "fetch"]:
+    """Pushed where asked, and when auto to offline hosts: `install.offline`, or a host whose
+    preflight found no way to the Hub. Downloaded by the host otherwise."""
+    if model.source == "controller":
         return "push"
+    if model.source == "auto":
+        found = hub(stack, facts)
+        if stack.install.offline or (found is not None and found.reachable is False):
+            return "push"
     return "fetch"
 
 
-def pushed(stack: Stack) -> list[HubModel]:
+def pushed(stack: Stack, facts: HostFacts | None = None) -> list[HubModel]:
     """The models the controller must bring to this host."""
-    return [m for m in stack.models if source(stack, m) == "push"]
+    return [m for m in stack.models if source(stack, m, facts) == "push"]
+
+
+def notes(stack: Stack, facts: HostFacts | None) -> list[str]:
+    """Preflight's word on the Hub test, when it changed or could not decide the source."""
+    found = hub(stack, facts)
+    if found is None or found.reachable is True:
+        return []
+    auto = ", ".join(m.repo for m in stack.models if m.source == "auto")
+    if found.reachable is None:
+        return [f"could not test the way to the Hub ({found.why}): the host downloads {auto}"]
+    return [
+        f"the host does not reach the Hub ({found.why}): {auto} pushed from the controller's "
+        "HF cache, as to an offline host"
+    ]
 
 
 def _link(path: str, blob: str) -> str:
@@ -216,7 +271,9 @@ def _place_prelude(hub: str, incoming: str) -> list[str]:
         "place() {",
         '  blob_ok "$M/blobs/$1" "$1" && return 0',
         '  if [ -n "${GPURIG_DRY_RUN:-}" ]; then echo "' + CHANGED + '$2"; return 0; fi',
-        '  blob_ok "$IN/$3" "$1" || fail "$2 (blob $1) is missing or does not match its hash '
+        # A marker: the pushing front end hashed the bytes on the host as they were written.
+        f'  {{ [ -f "$IN/$3{HASHED}" ] && [ -f "$IN/$3" ] && [ ! -L "$IN/$3" ]; }} || '
+        'blob_ok "$IN/$3" "$1" || fail "$2 (blob $1) is missing or does not match its hash '
         'after the transfer"',
         '  change "$2"',
         '  chmod 0644 "$IN/$3" && mkdir -p "$M/blobs" && mv -f "$IN/$3" "$M/blobs/$1"',
@@ -235,8 +292,11 @@ def _as_user(user: str, inner: str) -> str:
     )
 
 
-def step(stack: Stack, controller_models: list[PushedModel]) -> Models:
-    """controller_models: the snapshots of `pushed(stack)`, read from the controller's cache."""
+def step(
+    stack: Stack, controller_models: list[PushedModel], facts: HostFacts | None = None
+) -> Models:
+    """controller_models: the snapshots of `pushed(stack, facts)`, read from the controller's
+    cache."""
     hub = hub_dir(stack.host.hf_home)
     user = stack.host.user
     by_repo = {m.repo: m for m in controller_models}
@@ -246,7 +306,7 @@ def step(stack: Stack, controller_models: list[PushedModel]) -> Models:
     uploads: dict[str, ModelUpload] = {}
     for spec_model in stack.models:
         repo, rev = spec_model.repo, spec_model.revision
-        if source(stack, spec_model) == "fetch":
+        if source(stack, spec_model, facts) == "fetch":
             check += _check_fetched(repo, rev)
             place += _place_fetched(repo, rev, python)
             continue
@@ -292,5 +352,7 @@ def missing(lines: list[str]) -> list[str]:
     return [line for line in said if line != CHECKED] if CHECKED in said else ["unchecked"]
 
 
-def steps(stack: Stack, controller_models: list[PushedModel]) -> list[Step]:
-    return [step(stack, controller_models)] if stack.models else []
+def steps(
+    stack: Stack, controller_models: list[PushedModel], facts: HostFacts | None = None
+) -> list[Step]:
+    return [step(stack, controller_models, facts)] if stack.models else []
