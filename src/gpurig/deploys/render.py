@@ -2,14 +2,21 @@
 
 Every operation is named after its step (`step.name`), so a run's operations map back to the
 plan step by step (tests/unit/test_plan_parity.py compares them with the Ansible roles').
+
+A step preflight's probe showed in place (gpurig.facts.in_place) is still rendered, from the
+same line, with pyinfra's `_if` saying it has nothing to do: its operation reads no fact of its
+own, and a fleet whose hosts differ keeps one operation per step (pyinfra names an operation by
+where it is called).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra.operations import files as pyinfra_files
 
+from gpurig.deploys import host_in_place, run_if
 from gpurig.operations import apt, files, users
 from gpurig.operations.python import managed_python
 from gpurig.operations.venv import locked_venv
@@ -25,9 +32,14 @@ from gpurig.plan.steps import (
 )
 
 
+def _needed(step: Step) -> Callable[[], bool]:
+    """pyinfra's `_if`: false for a step the probe found in place."""
+    return run_if(step.id not in host_in_place().steps)
+
+
 def _file(step: File) -> None:
     if not step.present:
-        pyinfra_files.file(name=step.name, path=step.path, present=False)
+        pyinfra_files.file(name=step.name, path=step.path, present=False, _if=_needed(step))
         return
     src = Path(step.src) if step.src else (step.content or "").encode()
     files.installed(
@@ -38,6 +50,7 @@ def _file(step: File) -> None:
         owner=f"{step.owner}:{step.group}",
         then=step.then,
         sha256=step.sha256 or None,  # the plan hashed it once for every host
+        _if=_needed(step),
     )
 
 
@@ -49,6 +62,7 @@ def _directories(step: Directories) -> None:
             user=step.owner,
             group=step.group,
             mode=step.mode.lstrip("0") or "0",
+            _if=_needed(step),
         )
 
 
@@ -57,9 +71,16 @@ def apply(step: Step) -> None:
     if isinstance(step, File):
         _file(step)
     elif isinstance(step, AptPackages):
-        apt.packages(name=step.name, packages=step.packages, lock_timeout_s=step.lock_timeout_s)
+        apt.packages(
+            name=step.name,
+            packages=step.packages,
+            lock_timeout_s=step.lock_timeout_s,
+            _if=_needed(step),
+        )
     elif isinstance(step, ServiceUser):
-        users.service_user(name=step.name, user=step.user, home=step.home, shell=step.shell)
+        users.service_user(
+            name=step.name, user=step.user, home=step.home, shell=step.shell, _if=_needed(step)
+        )
     elif isinstance(step, Directories):
         _directories(step)
     elif isinstance(step, UvPython):
@@ -75,8 +96,9 @@ def apply(step: Step) -> None:
             name=step.name,
             files={w.name: (w.src, w.sha256) for w in step.wheels},
             directory=step.directory,
+            _if=_needed(step),
         )
     elif isinstance(step, Venv):
-        locked_venv(name=step.name, step=step)
+        locked_venv(name=step.name, step=step, venvs=host_in_place().venvs)
     else:
         raise TypeError(f"no pyinfra renderer for {type(step).__name__} ({step.id})")
