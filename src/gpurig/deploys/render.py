@@ -22,6 +22,7 @@ from gpurig.operations.python import managed_python
 from gpurig.operations.venv import locked_venv
 from gpurig.plan.steps import (
     AptPackages,
+    AptWait,
     Directories,
     File,
     ServiceUser,
@@ -77,6 +78,9 @@ def apply(step: Step) -> None:
             lock_timeout_s=step.lock_timeout_s,
             _if=_needed(step),
         )
+    elif isinstance(step, AptWait):
+        # Nothing ran in the background when the probe found the packages installed.
+        apt.wait(name=step.name, step=step, _if=run_if(step.apt_step not in host_in_place().steps))
     elif isinstance(step, ServiceUser):
         users.service_user(
             name=step.name, user=step.user, home=step.home, shell=step.shell, _if=_needed(step)

@@ -21,7 +21,7 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import driver_scripts, python, smoke, system, venv
+from gpurig.plan import apt_background, driver_scripts, python, smoke, system, venv
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
 from gpurig.preflight import Verdict
@@ -184,4 +184,5 @@ def build(
             [] if result.skip_smoke or not stack.smoke.on_deploy else [smoke.step(stack, has_gpu)],
         ),
     ]
+    apt_background.place_wait(result.stages, "system.apt", gpu=result.driver is not None)
     return result
