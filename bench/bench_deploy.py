@@ -5,8 +5,10 @@
    goal: gpurig <= 1.25x the floor;
 2. the route the blog posts teach, as a shell script: apt's python3-pip and python3-venv, a
    virtualenv, `pip install` of the same packages, then `bloomkit smoke`;
-3. a no-change re-run (`--skip-smoke`) on one host, then on four (goals: <= 5 s; four hosts
+3. a no-change re-run (`--skip-smoke`) on one host, then on four (goals: <= 3 s; four hosts
    within 1.5x of one).
+
+The fleet figures (16 hosts, 8 fresh) are bench/bench_fleet.py's.
 
     .venv/bin/python bench/bench_deploy.py [--out FILE] [--skip-blog] [--keep]
 
@@ -22,10 +24,9 @@ import statistics
 import subprocess
 import sys
 import time
-from itertools import pairwise
 from pathlib import Path
 
-from fleetbench import REPO, bench_fleet, gpurig_deploy, timed
+from fleetbench import REPO, bench_fleet, gpurig_deploy, slowest, timed, timed_ops
 
 from gpurig import bloomkit_wheel, lock, spec
 from gpurig.lock import _uv
@@ -33,34 +34,6 @@ from gpurig.sandbox import Fleet, SandboxHost
 
 TARGET = "cpu-cp311"  # what a GPU-less bookworm host gets
 RERUNS = 5
-
-
-def timed_ops(
-    label: str, command: list[str], env: dict[str, str]
-) -> tuple[float, dict[str, float]]:
-    """Wall time, and seconds per pyinfra operation (from when each one starts)."""
-    began = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    starts: list[tuple[str, float]] = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("--> Starting operation: "):
-            starts.append((line.removeprefix("--> Starting operation: ").strip(), time.monotonic()))
-        elif line.startswith("--> Results") and starts:
-            starts.append(("(end)", time.monotonic()))
-    code = process.wait()
-    seconds = time.monotonic() - began
-    if code:
-        raise SystemExit(f"{label} failed (exit {code}):\n{''.join(lines)[-3000:]}")
-    ops = {name: round(end - start, 1) for (name, start), (_, end) in pairwise(starts)}
-    if starts:
-        ops["(before the first operation)"] = round(starts[0][1] - began, 1)
-    print(f"  {label}: {seconds:.1f} s", flush=True)
-    return seconds, ops
 
 
 def scp(fleet: Fleet, host: SandboxHost, files: list[Path], folder: str) -> None:
@@ -100,7 +73,8 @@ def staged_files(tmp: Path) -> tuple[list[Path], str]:
     return [Path(_uv()), wheel.path, requirements, ca_copy, *local], target.torch
 
 
-def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> float:
+def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> tuple[float, float]:
+    """Seconds of the whole floor, and of its smoke test alone."""
     began = time.monotonic()
     scp(fleet, host, files, "/tmp/floor")
     remote(
@@ -109,12 +83,14 @@ def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> float:
         "set -e; cd /tmp/floor; export SSL_CERT_FILE=/tmp/floor/ca.pem; "
         "./uv venv --quiet --python /usr/bin/python3 /opt/floor; "
         "./uv pip install --quiet --python /opt/floor/bin/python --require-hashes "
-        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor; "
-        "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny",
+        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor",
     )
+    smoke_began = time.monotonic()
+    remote(fleet, host, "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny")
     seconds = time.monotonic() - began
+    smoke = time.monotonic() - smoke_began
     print(f"  install floor (scp + uv pip install + smoke): {seconds:.1f} s", flush=True)
-    return seconds
+    return seconds, smoke
 
 
 def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -> float:
@@ -153,10 +129,8 @@ def main() -> int:
         print("fresh host to green smoke:", flush=True)
         fresh, ops = timed_ops("gpurig deploy", gpurig_deploy([first.name]), env)
         figures["fresh_gpurig_s"] = fresh
-        figures["fresh_gpurig_slowest_ops_s"] = dict(
-            sorted(ops.items(), key=lambda item: -item[1])[:6]
-        )
-        figures["fresh_floor_s"] = floor(fleet, floor_host, files)
+        figures["fresh_gpurig_slowest_ops_s"] = slowest(ops)
+        figures["fresh_floor_s"], figures["fresh_floor_smoke_s"] = floor(fleet, floor_host, files)
         figures["fresh_ratio"] = figures["fresh_gpurig_s"] / figures["fresh_floor_s"]
         if not args.skip_blog:
             figures["fresh_blog_s"] = blog_route(fleet, blog_host, files, torch)

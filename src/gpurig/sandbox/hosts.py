@@ -94,11 +94,14 @@ class Fleet:
         pretend_secure_boot: bool = False,
         init: str = "systemd",
         first_boot_apt: bool = False,
+        image: str | None = None,
     ) -> list[SandboxHost]:
         """Start `count` more hosts and wait until each accepts a real SSH login.
 
         init="none" runs sshd alone (no systemd); first_boot_apt starts apt-daily and
         unattended-upgrades as a systemd host comes up, so a deploy meets a held dpkg lock.
+        image: start from this image instead of the sandbox image (bench/: copies of a
+        deployed host, committed; they keep its host key, which known_hosts pins per port).
         """
         if count < 1:
             raise UsageError(f"host count must be 1 or more, not {count}")
@@ -110,7 +113,7 @@ class Fleet:
             raise UsageError("first-boot apt needs systemd hosts (it starts apt-daily's units)")
         files = doubles.host_files(pretend_gpu, pretend_secure_boot)  # checks the SKU early
         sku = doubles.resolve_sku(pretend_gpu).name if pretend_gpu else None
-        image = ensure_base_image(os, "sandbox", client=self.client)
+        tag = image or ensure_base_image(os, "sandbox", client=self.client).tag
         with self.state.locked():
             public_key = self.state.ensure_key()
             existing = self.state.load_hosts()
@@ -128,7 +131,7 @@ class Fleet:
                 def archive(port: int) -> bytes:
                     return host_archive(public_key, files, port, first_boot_apt=first_boot_apt)
 
-                return self._start_host(host, image.tag, archive)
+                return self._start_host(host, tag, archive)
 
             started = _parallel(start, zip(names, ports, strict=True), on_error=self._remove)
             self.state.save_hosts([*existing, *started])
