@@ -73,10 +73,13 @@ def bench_fleet(name: str, *, keep: bool = False) -> Iterator[Bench]:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def timed(label: str, command: list[str], env: dict[str, str], expect: int = 0) -> float:
-    """Wall seconds of `command` run in the repository; a different exit status ends the run."""
+def timed(
+    label: str, command: list[str], env: dict[str, str], expect: int = 0, cwd: Path = REPO
+) -> float:
+    """Wall seconds of `command` run in the repository (or `cwd`); a different exit status ends
+    the run."""
     began = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - began
     if done.returncode != expect:
         tail = (done.stdout + done.stderr)[-3000:]
@@ -86,13 +89,13 @@ def timed(label: str, command: list[str], env: dict[str, str], expect: int = 0) 
 
 
 def timed_ops(
-    label: str, command: list[str], env: dict[str, str]
+    label: str, command: list[str], env: dict[str, str], cwd: Path = REPO
 ) -> tuple[float, dict[str, float]]:
     """Wall time, and seconds per pyinfra operation: pyinfra runs each operation on every host
     before the next starts, so an operation's seconds are those of its slowest host."""
     began = time.monotonic()
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert process.stdout is not None
     lines: list[str] = []

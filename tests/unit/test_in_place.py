@@ -20,9 +20,10 @@ from gpurig.deploys import IN_PLACE_KEY, PLAN_KEY, stages
 from gpurig.facts.in_place import HostInPlace, InPlace, probe_script
 from gpurig.facts.system import Venvs
 from gpurig.model.host import HostFacts
+from gpurig.operations import apt
 from gpurig.operations import venv as venv_op
 from gpurig.plan import HostPlan, converged
-from gpurig.plan.steps import File, Stage, Venv
+from gpurig.plan.steps import AptWait, File, Stage, Venv
 from gpurig.preflight import Verdict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,3 +151,13 @@ def test_the_venv_operation_uses_the_venvs_preflight_read(tmp_path: Path) -> Non
         assert list(venv_op.locked_venv._inner(step=step, venvs=complete)) == []
         assert list(venv_op.locked_venv._inner(step=step, venvs=Venvs())) == ["echo build"]
     assert host.noops == [f"{step.link} -> {step.venv_dir} is complete"]
+
+
+def test_the_apt_wait_has_nothing_to_wait_for_when_apt_was_in_place() -> None:
+    step = AptWait("llm_env.apt_wait", "Wait for the apt packages", "system.apt", "echo wait")
+    host = NoFacts()
+    with ctx_host.use(host):
+        assert list(apt.wait._inner(step=step, started=False)) == []
+        (command,) = apt.wait._inner(step=step, started=True)
+    assert command.get_raw_value() == "echo wait"  # a dry run names it only when apt ran
+    assert host.noops == ["apt packages are installed: nothing ran in the background"]

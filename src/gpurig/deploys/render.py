@@ -79,8 +79,9 @@ def apply(step: Step) -> None:
             _if=_needed(step),
         )
     elif isinstance(step, AptWait):
-        # Nothing ran in the background when the probe found the packages installed.
-        apt.wait(name=step.name, step=step, _if=run_if(step.apt_step not in host_in_place().steps))
+        # Nothing ran in the background when the probe found the packages installed; decided in
+        # the operation, not by `_if`, so that a dry run says so too.
+        apt.wait(name=step.name, step=step, started=step.apt_step not in host_in_place().steps)
     elif isinstance(step, ServiceUser):
         users.service_user(
             name=step.name, user=step.user, home=step.home, shell=step.shell, _if=_needed(step)
