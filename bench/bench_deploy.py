@@ -2,13 +2,16 @@
 
 1. fresh host to green smoke with `gpurig deploy`, against the install floor: the same lock
    installed by a bare `uv pip install` (files copied with OpenSSH scp), then `bloomkit smoke`;
-   goal: gpurig <= 1.25x the floor;
+   goal: gpurig <= 1.25x the floor. `--pairs` pairs in turns (gpurig first, then the floor
+   first, ...): whichever goes first downloads through a cold proxy and meets other load;
 2. the route the blog posts teach, as a shell script: apt's python3-pip and python3-venv, a
    virtualenv, `pip install` of the same packages, then `bloomkit smoke`;
-3. a no-change re-run (`--skip-smoke`) on one host, then on four (goals: <= 5 s; four hosts
-   within 1.5x of one).
+3. a no-change re-run (`--skip-smoke`) on one host, then on four (goals: <= 3 s; four hosts
+   within 1.5x of one); the other three are copies of the deployed host (fleetbench.copies).
 
-    .venv/bin/python bench/bench_deploy.py [--out FILE] [--skip-blog] [--keep]
+The fleet figures (16 hosts, 8 fresh) are bench/bench_fleet.py's.
+
+    .venv/bin/python bench/bench_deploy.py [--out FILE] [--pairs 2] [--skip-blog] [--keep]
 
 Needs a Docker engine (`gpurig sandbox engine`); hosts live in a temporary state dir and are
 removed at the end (unless --keep). Prints the figures and writes them as JSON.
@@ -22,10 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
-from itertools import pairwise
 from pathlib import Path
 
-from fleetbench import REPO, bench_fleet, gpurig_deploy, timed
+from fleetbench import REPO, bench_fleet, copies, gpurig_deploy, slowest, timed, timed_ops
 
 from gpurig import bloomkit_wheel, lock, spec
 from gpurig.lock import _uv
@@ -33,34 +35,6 @@ from gpurig.sandbox import Fleet, SandboxHost
 
 TARGET = "cpu-cp311"  # what a GPU-less bookworm host gets
 RERUNS = 5
-
-
-def timed_ops(
-    label: str, command: list[str], env: dict[str, str]
-) -> tuple[float, dict[str, float]]:
-    """Wall time, and seconds per pyinfra operation (from when each one starts)."""
-    began = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    starts: list[tuple[str, float]] = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("--> Starting operation: "):
-            starts.append((line.removeprefix("--> Starting operation: ").strip(), time.monotonic()))
-        elif line.startswith("--> Results") and starts:
-            starts.append(("(end)", time.monotonic()))
-    code = process.wait()
-    seconds = time.monotonic() - began
-    if code:
-        raise SystemExit(f"{label} failed (exit {code}):\n{''.join(lines)[-3000:]}")
-    ops = {name: round(end - start, 1) for (name, start), (_, end) in pairwise(starts)}
-    if starts:
-        ops["(before the first operation)"] = round(starts[0][1] - began, 1)
-    print(f"  {label}: {seconds:.1f} s", flush=True)
-    return seconds, ops
 
 
 def scp(fleet: Fleet, host: SandboxHost, files: list[Path], folder: str) -> None:
@@ -100,7 +74,8 @@ def staged_files(tmp: Path) -> tuple[list[Path], str]:
     return [Path(_uv()), wheel.path, requirements, ca_copy, *local], target.torch
 
 
-def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> float:
+def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> tuple[float, float]:
+    """Seconds of the whole floor, and of its smoke test alone."""
     began = time.monotonic()
     scp(fleet, host, files, "/tmp/floor")
     remote(
@@ -109,12 +84,14 @@ def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> float:
         "set -e; cd /tmp/floor; export SSL_CERT_FILE=/tmp/floor/ca.pem; "
         "./uv venv --quiet --python /usr/bin/python3 /opt/floor; "
         "./uv pip install --quiet --python /opt/floor/bin/python --require-hashes "
-        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor; "
-        "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny",
+        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor",
     )
+    smoke_began = time.monotonic()
+    remote(fleet, host, "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny")
     seconds = time.monotonic() - began
+    smoke = time.monotonic() - smoke_began
     print(f"  install floor (scp + uv pip install + smoke): {seconds:.1f} s", flush=True)
-    return seconds
+    return seconds, smoke
 
 
 def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -> float:
@@ -142,29 +119,41 @@ def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-deploy.json")
+    parser.add_argument("--pairs", type=int, default=2, help="gpurig and floor runs, in turns")
     parser.add_argument("--skip-blog", action="store_true", help="skip the blog-post route")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts")
     args = parser.parse_args()
     with bench_fleet("deploy", keep=args.keep) as bench:
         fleet, env, figures = bench.fleet, bench.env, bench.figures
         print("starting identical fresh bookworm hosts", flush=True)
-        first, floor_host, blog_host = fleet.up(3)
+        hosts = fleet.up(2 * args.pairs + (0 if args.skip_blog else 1))
         files, torch = staged_files(bench.state_dir)
-        print("fresh host to green smoke:", flush=True)
-        fresh, ops = timed_ops("gpurig deploy", gpurig_deploy([first.name]), env)
-        figures["fresh_gpurig_s"] = fresh
-        figures["fresh_gpurig_slowest_ops_s"] = dict(
-            sorted(ops.items(), key=lambda item: -item[1])[:6]
-        )
-        figures["fresh_floor_s"] = floor(fleet, floor_host, files)
-        figures["fresh_ratio"] = figures["fresh_gpurig_s"] / figures["fresh_floor_s"]
+        print("fresh host to green smoke, gpurig and the floor in turns:", flush=True)
+        ours: list[float] = []
+        floors: list[float] = []
+        for i in range(args.pairs):
+            mine, bare = hosts[2 * i], hosts[2 * i + 1]
+            for turn in ("gpurig", "floor") if i % 2 == 0 else ("floor", "gpurig"):
+                if turn == "floor":
+                    seconds, smoke = floor(fleet, bare, files)
+                    floors.append(seconds)
+                    figures.setdefault("fresh_floor_smoke_s", []).append(smoke)
+                    continue
+                seconds, ops = timed_ops("gpurig deploy", gpurig_deploy([mine.name]), env)
+                ours.append(seconds)
+                figures.setdefault("fresh_gpurig_slowest_ops_s", []).append(slowest(ops))
+        first = hosts[0]
+        figures |= {
+            "fresh_gpurig_runs_s": ours,
+            "fresh_floor_runs_s": floors,
+            "fresh_gpurig_s": statistics.median(ours),
+            "fresh_floor_s": statistics.median(floors),
+            "fresh_ratio": statistics.median(ours) / statistics.median(floors),
+        }
         if not args.skip_blog:
-            figures["fresh_blog_s"] = blog_route(fleet, blog_host, files, torch)
+            figures["fresh_blog_s"] = blog_route(fleet, hosts[-1], files, torch)
             figures["blog_over_gpurig"] = figures["fresh_blog_s"] / figures["fresh_gpurig_s"]
-        print("three more hosts, deployed together (no smoke):", flush=True)
-        more = [h.name for h in fleet.up(3)]
-        three = timed("gpurig deploy", gpurig_deploy(more, "--skip-smoke"), env)
-        figures["fresh_3_hosts_no_smoke_s"] = three
+        more = [h.name for h in copies(bench, first, 3)]
         # One host and four hosts in turns, so that both see the same load on a shared machine.
         print("no-change re-runs, one host and four hosts in turns:", flush=True)
         one, four = [], []

@@ -1,5 +1,6 @@
-"""What the sandbox benchmarks share: a throw-away fleet with its environment, timed commands,
-the deploy command lines of both front ends, and the figures file.
+"""What the sandbox benchmarks share: a throw-away fleet with its environment, timed commands
+(whole, or per pyinfra operation), the deploy command lines of both front ends, copies of a
+deployed host, and the figures file.
 
     with bench_fleet("deploy", keep=args.keep) as bench:
         hosts = bench.fleet.up(2)
@@ -20,10 +21,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from gpurig.sandbox import Fleet, docker_env, ensure_engine
+from gpurig.sandbox import Fleet, SandboxHost, docker_client, docker_env, ensure_engine
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,6 +37,7 @@ class Bench:
     state_dir: Path
     env: dict[str, str]
     figures: dict[str, Any] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)  # committed here, removed at the end
 
     def write(self, out: Path) -> None:
         out.write_text(json.dumps(self.figures, indent=2) + "\n")
@@ -65,19 +68,69 @@ def bench_fleet(name: str, *, keep: bool = False) -> Iterator[Bench]:
     finally:
         if not keep:
             fleet.down()
+            for tag in bench.images:
+                docker_client().images.remove(tag, force=True)
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def timed(label: str, command: list[str], env: dict[str, str], expect: int = 0) -> float:
-    """Wall seconds of `command` run in the repository; a different exit status ends the run."""
+def timed(
+    label: str, command: list[str], env: dict[str, str], expect: int = 0, cwd: Path = REPO
+) -> float:
+    """Wall seconds of `command` run in the repository (or `cwd`); a different exit status ends
+    the run."""
     began = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - began
     if done.returncode != expect:
         tail = (done.stdout + done.stderr)[-3000:]
         raise SystemExit(f"{label}: exit {done.returncode}, expected {expect}:\n{tail}")
     print(f"  {label}: {seconds:.1f} s", flush=True)
     return seconds
+
+
+def timed_ops(
+    label: str, command: list[str], env: dict[str, str], cwd: Path = REPO
+) -> tuple[float, dict[str, float]]:
+    """Wall time, and seconds per pyinfra operation: pyinfra runs each operation on every host
+    before the next starts, so an operation's seconds are those of its slowest host."""
+    began = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    starts: list[tuple[str, float]] = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("--> Starting operation: "):
+            starts.append((line.removeprefix("--> Starting operation: ").strip(), time.monotonic()))
+        elif line.startswith("--> Results") and starts:
+            starts.append(("(end)", time.monotonic()))
+    code = process.wait()
+    seconds = time.monotonic() - began
+    if code:
+        raise SystemExit(f"{label} failed (exit {code}):\n{''.join(lines)[-3000:]}")
+    ops = {name: round(end - start, 1) for (name, start), (_, end) in pairwise(starts)}
+    if starts:
+        ops["(before the first operation)"] = round(starts[0][1] - began, 1)
+    print(f"  {label}: {seconds:.1f} s", flush=True)
+    return seconds, ops
+
+
+def slowest(ops: dict[str, float], count: int = 6) -> dict[str, float]:
+    return dict(sorted(ops.items(), key=lambda item: -item[1])[:count])
+
+
+def copies(bench: Bench, host: SandboxHost, count: int) -> list[SandboxHost]:
+    """`count` more hosts started from a commit of `host` (a deployed one): a fleet that
+    already has the deploy's end state, for no-change runs, without installing it again."""
+    client = docker_client()
+    tag = f"gpurig/bench-copy:{bench.fleet.state.fleet_id}"
+    client.containers.get(host.container).commit(
+        repository=tag.split(":")[0], tag=tag.split(":")[1]
+    )
+    bench.images.append(tag)
+    return bench.fleet.up(count, image=tag)
 
 
 def gpurig_deploy(hosts: list[str], *args: str) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 from pyinfra.context import ctx_host
 
 from gpurig import deploys, loading, overrides, spec
+from gpurig.controller import Controller
 from gpurig.deploys import host_stack
 from gpurig.errors import UsageError
 from gpurig.overrides import flatten, overridden_lock_inputs, unflatten
@@ -24,12 +25,12 @@ def repo_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     deploys._load.cache_clear()
     deploys._defaults.cache_clear()
     # Building the bloomkit wheel is not what these tests are about.
-    monkeypatch.setattr(deploys.Controller, "load", _without_wheel)
+    monkeypatch.setattr(Controller, "load", _without_wheel)
 
 
-def _without_wheel(stack_path: Path, lock_dir: Path) -> deploys.Controller:
+def _without_wheel(stack_path: Path, lock_dir: Path) -> Controller:
     stack, locked = loading.stack_and_lock(stack_path, lock_dir)
-    return deploys.Controller(stack_path, stack, locked, None)  # type: ignore[arg-type]
+    return Controller(stack_path, stack, locked, None)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from gpurig import lock, overrides, spec
-from gpurig.controller import Controller
 from gpurig.errors import GpurigError
 
 if TYPE_CHECKING:
     from pyinfra.api.host import Host
 
+    from gpurig.controller import Controller
+    from gpurig.facts.in_place import HostInPlace
     from gpurig.plan import HostPlan
     from gpurig.spec import Stack
 
-# pyinfra is imported where it is used: `gpurig deploy` reads the names below without paying
-# for pyinfra's import (seconds), which the pyinfra process it starts pays anyway.
+# pyinfra, the spec's schema and the lock are imported where they are used: `gpurig deploy`
+# reads the names below without paying for their import (pyinfra's seconds, the schema's
+# 0.4 s), which the pyinfra process it starts pays anyway.
 
 ENV_STACK = "GPURIG_STACK"
 ENV_LOCK = "GPURIG_LOCK"
@@ -40,13 +41,18 @@ ENV_SUMMARY = "GPURIG_SUMMARY"  # "0": a pyinfra run prints no summary (`gpurig 
 PLAN_KEY = "gpurig_plan"
 VERDICT_KEY = "gpurig_verdict"
 FACTS_KEY = "gpurig_facts"
+IN_PLACE_KEY = "gpurig_in_place"  # what the host already has (gpurig.facts.in_place)
 
 
 def stack_path() -> Path:
+    from gpurig import spec
+
     return Path(os.environ.get(ENV_STACK) or spec.DEFAULT_STACK)
 
 
 def lock_dir() -> Path:
+    from gpurig import lock
+
     return Path(os.environ.get(ENV_LOCK) or lock.DEFAULT_LOCK_DIR)
 
 
@@ -59,6 +65,8 @@ _load_lock = threading.Lock()  # hosts load the deploy file concurrently (gevent
 
 @cache
 def _load() -> Controller:
+    from gpurig.controller import Controller
+
     try:
         return Controller.load(stack_path(), lock_dir())
     except GpurigError as error:
@@ -75,6 +83,8 @@ def controller() -> Controller:
 
 @cache
 def _defaults() -> dict[str, Any]:
+    from gpurig import overrides
+
     knobs = {k.name: k.default for k in overrides.KNOBS}
     return {**overrides.flatten(controller().stack), **knobs}
 
@@ -142,3 +152,17 @@ def host_plan(host: Host | None = None) -> HostPlan:
     if not isinstance(found, HostPlan):
         raise RuntimeError(f"{PLAN_KEY} is missing: run the preflight deploy first")
     return found
+
+
+def host_in_place(host: Host | None = None) -> HostInPlace:
+    """What preflight's one probe found in place; nothing when no preflight ran (a stage run
+    alone), so that every step reads its own fact."""
+    from gpurig.facts.in_place import HostInPlace
+
+    found = _current(host).data.get(IN_PLACE_KEY)
+    return found if isinstance(found, HostInPlace) else HostInPlace()
+
+
+def run_if(needed: bool) -> Callable[[], bool]:
+    """pyinfra's `_if` for an operation that preflight already knows to be needed or not."""
+    return lambda: needed

@@ -20,7 +20,7 @@ from pyinfra.context import host, state
 from pyinfra.operations import files as pyinfra_files
 
 from gpurig import cluster
-from gpurig.deploys import FACTS_KEY, host_stack
+from gpurig.deploys import FACTS_KEY, host_in_place, host_stack, run_if
 from gpurig.errors import GpurigError
 from gpurig.facts.cluster import RouteInterface
 from gpurig.facts.gpu import GpuHost
@@ -49,8 +49,14 @@ def cluster_node() -> None:
         control.stop_host(name="Cluster: stop this host", reason=f"cluster: {error}")
         return
     if mine is None:
+        known = host_in_place()  # preflight's probe, when it ran: no fact per file
         for path in (cluster.CLUSTER_ENV, cluster.LAUNCHER, cluster.LIMITS_FILE):
-            pyinfra_files.file(name=f"Not in a cluster: no {path}", path=path, present=False)
+            pyinfra_files.file(
+                name=f"Not in a cluster: no {path}",
+                path=path,
+                present=False,
+                _if=run_if(not known.absent(path)),
+            )
         return
     stack = host_stack()
     route = host.get_fact(RouteInterface, address=mine.rdzv_host, _sudo=False)

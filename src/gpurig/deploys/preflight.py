@@ -3,7 +3,8 @@
 Two facts (one round trip each: the system, and the GPU layer's) read the host; the controller
 (gpurig.controller) decides and plans, as it does for `gpurig preflight` and the Ansible role.
 A host with a problem gets a single operation that stops it with the reason; the deploy adds
-nothing else for it, and the other hosts go on.
+nothing else for it, and the other hosts go on. A host that passes gets one more round trip:
+what of its plan it already has (gpurig.facts.in_place), which the later stages skip.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pyinfra.facts.apt import AptSources
 
 from gpurig.deploys import (
     FACTS_KEY,
+    IN_PLACE_KEY,
     PLAN_KEY,
     SPEC_DEFAULTS,
     VERDICT_KEY,
@@ -25,8 +27,9 @@ from gpurig.deploys import (
 )
 from gpurig.deploys.progress import tracker
 from gpurig.deploys.verify import RUN, watch_run
-from gpurig.facts import gpu
+from gpurig.facts import gpu, in_place
 from gpurig.facts.system import HostProbe, dpkg_lock_holder, to_host_facts
+from gpurig.hostlayout import CLUSTER_ENV, LAUNCHER, LIMITS_FILE
 from gpurig.model.host import HostFacts
 from gpurig.operations import control
 from gpurig.plan import HostPlan
@@ -81,5 +84,8 @@ def preflight() -> HostPlan:
         tracker().end(host.name, "preflight", failure=reason)
     else:
         host.log(f"preflight: {describe(verdict, facts)}")
+        # The cluster stage removes these from a host in no cluster.
+        cluster_files = (CLUSTER_ENV, LAUNCHER, LIMITS_FILE)
+        setattr(host.data, IN_PLACE_KEY, in_place.read(host, plan, cluster_files))
         tracker().end(host.name, "preflight")
     return plan

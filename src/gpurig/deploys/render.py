@@ -2,15 +2,22 @@
 
 Every operation is named after its step (`step.name`), so a run's operations map back to the
 plan step by step (tests/unit/test_plan_parity.py compares them with the Ansible roles').
+
+A step preflight's probe showed in place (gpurig.facts.in_place) is still rendered, from the
+same line, with pyinfra's `_if` saying it has nothing to do: its operation reads no fact of its
+own, and a fleet whose hosts differ keeps one operation per step (pyinfra names an operation by
+where it is called).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import systemd
 
+from gpurig.deploys import host_in_place, run_if
 from gpurig.operations import apt, files, users
 from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
@@ -19,6 +26,7 @@ from gpurig.operations.venv import locked_venv
 from gpurig.plan.models import Models
 from gpurig.plan.steps import (
     AptPackages,
+    AptWait,
     Directories,
     File,
     Script,
@@ -31,9 +39,14 @@ from gpurig.plan.steps import (
 )
 
 
+def _needed(step: Step) -> Callable[[], bool]:
+    """pyinfra's `_if`: false for a step the probe found in place."""
+    return run_if(step.id not in host_in_place().steps)
+
+
 def _file(step: File) -> None:
     if not step.present:
-        pyinfra_files.file(name=step.name, path=step.path, present=False)
+        pyinfra_files.file(name=step.name, path=step.path, present=False, _if=_needed(step))
         return
     src = Path(step.src) if step.src else (step.content or "").encode()
     files.installed(
@@ -44,6 +57,7 @@ def _file(step: File) -> None:
         owner=f"{step.owner}:{step.group}",
         then=step.then,
         sha256=step.sha256 or None,  # the plan hashed it once for every host
+        _if=_needed(step),
     )
 
 
@@ -55,6 +69,7 @@ def _directories(step: Directories) -> None:
             user=step.owner,
             group=step.group,
             mode=step.mode.lstrip("0") or "0",
+            _if=_needed(step),
         )
 
 
@@ -63,9 +78,20 @@ def apply(step: Step) -> None:
     if isinstance(step, File):
         _file(step)
     elif isinstance(step, AptPackages):
-        apt.packages(name=step.name, packages=step.packages, lock_timeout_s=step.lock_timeout_s)
+        apt.packages(
+            name=step.name,
+            packages=step.packages,
+            lock_timeout_s=step.lock_timeout_s,
+            _if=_needed(step),
+        )
+    elif isinstance(step, AptWait):
+        # Nothing ran in the background when the probe found the packages installed; decided in
+        # the operation, not by `_if`, so that a dry run says so too.
+        apt.wait(name=step.name, step=step, started=step.apt_step not in host_in_place().steps)
     elif isinstance(step, ServiceUser):
-        users.service_user(name=step.name, user=step.user, home=step.home, shell=step.shell)
+        users.service_user(
+            name=step.name, user=step.user, home=step.home, shell=step.shell, _if=_needed(step)
+        )
     elif isinstance(step, Directories):
         _directories(step)
     elif isinstance(step, UvPython):
@@ -81,9 +107,10 @@ def apply(step: Step) -> None:
             name=step.name,
             files={w.name: (w.src, w.sha256) for w in step.wheels},
             directory=step.directory,
+            _if=_needed(step),
         )
     elif isinstance(step, Venv):
-        locked_venv(name=step.name, step=step)
+        locked_venv(name=step.name, step=step, venvs=host_in_place().venvs)
     elif isinstance(step, Models):
         placed(name=step.name, step=step)
     elif isinstance(step, Service):

@@ -1,4 +1,5 @@
-"""apt packages with a bounded wait for the dpkg lock.
+"""apt packages with a bounded wait for the dpkg lock, installed as a background job that a
+later step waits for (gpurig.plan.apt_background).
 
 Fresh cloud VMs run unattended-upgrades at boot: plain apt-get fails at once on the lock
 ("Could not get lock /var/lib/dpkg/lock-frontend"); DPkg::Lock::Timeout makes it wait. Past the
@@ -16,6 +17,8 @@ from pyinfra.facts.deb import DebPackages
 
 from gpurig.diagnose import Context
 from gpurig.operations.diagnosed import DiagnosedCommand
+from gpurig.plan.apt_background import start_script
+from gpurig.plan.steps import AptWait
 from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
 
 
@@ -23,10 +26,21 @@ from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
 def packages(
     packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S
 ) -> Generator[Any, None, None]:
-    """Install the packages that are missing; refresh the package lists first when any is."""
+    """Start installing the packages that are missing (the lists refreshed first) in the
+    background; `wait` takes the result."""
     installed = host.get_fact(DebPackages)
     missing = [p for p in packages if p.split("=", 1)[0] not in installed]
     if not missing:
         host.noop(f"apt packages are installed: {', '.join(packages)}")
         return
-    yield DiagnosedCommand(apt_install(missing, lock_timeout_s), Context(), None)
+    yield DiagnosedCommand(start_script(apt_install(missing, lock_timeout_s)), Context(), None)
+
+
+@operation()
+def wait(step: AptWait, started: bool = True) -> Generator[Any, None, None]:
+    """The background install's log and exit status; its failure is diagnosed as the apt
+    step's own would be. started: false when preflight found every package installed."""
+    if not started:
+        host.noop("apt packages are installed: nothing ran in the background")
+        return
+    yield DiagnosedCommand(step.script, Context(), None)

@@ -1,7 +1,8 @@
 """The locked venv: the plan's build script (gpurig.plan.venv), run only when the host differs.
 
 The script decides everything itself, under a lock; this operation reads the venvs first so
-that a converged host costs one fact and reports no change.
+that a converged host reports no change: from preflight's one probe when it ran
+(gpurig.facts.in_place), else with its own fact.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def _keep(venvs: Venvs, venv_dir: str) -> str | None:
 
 
 @operation()
-def locked_venv(step: Venv) -> Generator[Any, None, None]:
-    venvs = host.get_fact(
-        VenvState, link=step.link, venvs_dir=step.venvs_dir, marker=step.marker_file
-    )
+def locked_venv(step: Venv, venvs: Venvs | None = None) -> Generator[Any, None, None]:
+    """venvs: the host's venvs as preflight read them; nothing else changes them in a run."""
+    if venvs is None:
+        venvs = host.get_fact(
+            VenvState, link=step.link, venvs_dir=step.venvs_dir, marker=step.marker_file
+        )
     complete = venvs.markers.get(step.venv_dir) == step.marker
     keep = _keep(venvs, step.venv_dir)
     leftovers = [d for d in venvs.mtimes if d not in (step.venv_dir, keep)]

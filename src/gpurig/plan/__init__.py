@@ -21,7 +21,17 @@ from gpurig.errors import GpurigError
 from gpurig.lock import Lock
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.overrides import overridden_lock_inputs
-from gpurig.plan import containers, dcgm, driver_scripts, models, python, smoke, system, venv
+from gpurig.plan import (
+    apt_background,
+    containers,
+    dcgm,
+    driver_scripts,
+    models,
+    python,
+    smoke,
+    system,
+    venv,
+)
 from gpurig.plan.driver import Driver, driver_section
 from gpurig.plan.fabric import with_fabric
 from gpurig.plan.steps import File, Stage, Step, WheelFile, Wheels
@@ -186,6 +196,7 @@ def build(
             + models.steps(stack, files.models, facts),
         ),
     ]
+    apt_background.place_wait(result.stages, "system.apt", gpu=result.driver is not None)
     # Opt-in GPU services (stack.yml containers: and dcgm:), each its own stage.
     dcgm_steps, dcgm_notes = dcgm.steps(stack, facts, result.driver)
     new_notes = containers.notes(stack, facts) + dcgm_notes

@@ -64,6 +64,17 @@ class AptPackages(Step):
 
 
 @dataclass(frozen=True)
+class AptWait(Step):
+    """Wait for the apt step's background install (gpurig.plan.apt_background) and take its
+    result: a failure reads as the apt step's own would. Nothing to wait for when the apt step
+    found every package installed, or installed them in the foreground."""
+
+    kind: ClassVar[str] = "apt_wait"
+    apt_step: str = ""  # the id of the apt step it waits for
+    script: str = ""  # prints `gpurig: unchanged` when nothing ran in the background
+
+
+@dataclass(frozen=True)
 class ServiceUser(Step):
     """A system account with a home and a shell: no password, no sudo, in its own group."""
 

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
+from gpurig.plan.apt_background import start_script
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
 from gpurig.spec import Stack
 
@@ -89,14 +90,15 @@ def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -
 
 def apt_script(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
     """The apt step as one script (the Ansible role runs it): nothing when every package is
-    installed; else the lists refreshed, then the install. A pinned version or an architecture
+    installed; else the lists refreshed, then the install, as a background job that the wait
+    step takes the result of (gpurig.plan.apt_background). A pinned version or an architecture
     is never counted as installed: apt judges it."""
     names = " ".join(shlex.quote(p) for p in packages)
     status = "-f='${db:Status-Abbrev}\\n'"
     installed = f"dpkg-query -W {status} -- {names} 2>/dev/null | grep -c '^ii'"
     return (
         f'if [ "$({installed})" -eq {len(packages)} ]; then echo "gpurig: unchanged"; exit 0; fi\n'
-        f"{apt_install(packages, lock_timeout_s)}"
+        f"{start_script(apt_install(packages, lock_timeout_s))}"
     )
 
 

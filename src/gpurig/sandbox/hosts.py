@@ -97,12 +97,15 @@ class Fleet:
         init: str = "systemd",
         first_boot_apt: bool = False,
         pretend_driver: str | None = None,
+        image: str | None = None,
     ) -> list[SandboxHost]:
         """Start `count` more hosts and wait until each accepts a real SSH login.
 
         init="none" runs sshd alone (no systemd); first_boot_apt starts apt-daily and
         unattended-upgrades as a systemd host comes up, so a deploy meets a held dpkg lock;
         pretend_driver (a version) loads a pretend NVIDIA module of that version at each boot.
+        image: start from this image instead of the sandbox image (bench/: copies of a
+        deployed host, committed; they keep its host key, which known_hosts pins per port).
         """
         if count < 1:
             raise UsageError(f"host count must be 1 or more, not {count}")
@@ -120,7 +123,7 @@ class Fleet:
         if init == "systemd":
             files[VM_STANDIN_MARKER] = (0o644, VM_STANDIN_TEXT)
         sku = doubles.resolve_sku(pretend_gpu).name if pretend_gpu else None
-        image = ensure_base_image(os, "sandbox", client=self.client)
+        tag = image or ensure_base_image(os, "sandbox", client=self.client).tag
         with self.state.locked():
             public_key = self.state.ensure_key()
             existing = self.state.load_hosts()
@@ -140,7 +143,7 @@ class Fleet:
                         public_key, files, port, first_boot_apt=first_boot_apt, links=links
                     )
 
-                return self._start_host(host, image.tag, archive, bool(pretend_driver))
+                return self._start_host(host, tag, archive, bool(pretend_driver))
 
             started = _parallel(start, zip(names, ports, strict=True), on_error=self._remove)
             self.state.save_hosts([*existing, *started])

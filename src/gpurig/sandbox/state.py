@@ -15,14 +15,17 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
-
-import pydantic
-import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from gpurig.errors import GpurigError
+
+if TYPE_CHECKING:
+    import pydantic
+
+# pydantic, yaml and cryptography are imported where they are used: the inventory imports this
+# module on every deploy, and `gpurig deploy` itself (which only names the hosts) never needs them.
 
 SANDBOX_GROUP = "sandbox"
 # The state dir's path goes into Ansible inventory variables and ssh's options: nothing in it
@@ -51,7 +54,11 @@ class SandboxHost:
         return f"[{self.hostname}]:{self.port} {self.host_key}"
 
 
-_HOSTS = pydantic.TypeAdapter(list[SandboxHost])
+@cache
+def _hosts_adapter() -> pydantic.TypeAdapter[list[SandboxHost]]:
+    import pydantic
+
+    return pydantic.TypeAdapter(list[SandboxHost])
 
 
 class StateDir:
@@ -108,12 +115,14 @@ class StateDir:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def load_hosts(self) -> list[SandboxHost]:
+        import pydantic
+
         try:
             text = self.hosts_file.read_text()
         except FileNotFoundError:
             return []
         try:
-            return _HOSTS.validate_json(text)
+            return _hosts_adapter().validate_json(text)
         except pydantic.ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
@@ -131,6 +140,8 @@ class StateDir:
             )
 
     def save_hosts(self, hosts: list[SandboxHost]) -> None:
+        import yaml
+
         self.check_path()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write(self.hosts_file, json.dumps([asdict(h) for h in hosts], indent=2) + "\n")
@@ -139,6 +150,9 @@ class StateDir:
 
     def ensure_key(self) -> str:
         """The controller's public key line, creating the ed25519 pair on first use."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         self.check_path()
         if not self.key_file.exists():
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)

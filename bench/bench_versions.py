@@ -1,0 +1,81 @@
+"""Two versions of gpurig side by side, in one run on identical fresh bookworm hosts, so that a
+change's effect is measured under the same load (this machine is shared):
+
+1. fresh host to green smoke, `--pairs` pairs in turns (before, after; then after, before...);
+2. no-change re-runs (`--skip-smoke`) of one converged host, the two versions in turns.
+
+    .venv/bin/python bench/bench_versions.py --before REV [--pairs 2] [--runs 5] [--out FILE]
+
+`--before` is a git revision of this repository: `git archive` puts its tree in a temporary
+folder, whose src/ goes first on PYTHONPATH for its runs (the same venv, so the same pyinfra).
+The "after" version is this working tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from fleetbench import REPO, bench_fleet, gpurig_deploy, slowest, timed, timed_ops
+
+
+def checkout(revision: str, into: Path) -> Path:
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision to compare with")
+    parser.add_argument("--pairs", type=int, default=2, help="fresh deploys of each version")
+    parser.add_argument("--runs", type=int, default=5, help="no-change runs of each version")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-versions.json")
+    args = parser.parse_args()
+    with bench_fleet("versions") as bench, tempfile.TemporaryDirectory() as tmp:
+        old = checkout(args.before, Path(tmp))
+        env = bench.env
+        old_env = {**env, "PYTHONPATH": str(old / "src")}
+        versions = {"before": (old, old_env), "after": (REPO, env)}
+        figures = bench.figures
+        figures["before"] = args.before
+        hosts = bench.fleet.up(2 * args.pairs)
+        fresh: dict[str, list[float]] = {"before": [], "after": []}
+        for i in range(args.pairs):
+            order = ("before", "after") if i % 2 == 0 else ("after", "before")
+            for j, version in enumerate(order):
+                tree, version_env = versions[version]
+                command = gpurig_deploy([hosts[2 * i + j].name])
+                seconds, ops = timed_ops(f"fresh, {version}", command, version_env, cwd=tree)
+                fresh[version].append(seconds)
+                figures.setdefault(f"fresh_{version}_slowest_ops_s", []).append(slowest(ops))
+        rerun: dict[str, list[float]] = {"before": [], "after": []}
+        for i in range(args.runs):
+            for version in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                tree, version_env = versions[version]
+                command = gpurig_deploy([hosts[0].name], "--skip-smoke")
+                rerun[version].append(
+                    timed(f"no change, {version}", command, version_env, cwd=tree)
+                )
+        for name, runs in (("fresh", fresh), ("rerun", rerun)):
+            figures[f"{name}_runs_s"] = runs
+            before, after = statistics.median(runs["before"]), statistics.median(runs["after"])
+            figures[f"{name}_before_s"], figures[f"{name}_after_s"] = before, after
+            figures[f"{name}_after_over_before"] = after / before
+        figures["load_average_end"] = os.getloadavg()
+    bench.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
