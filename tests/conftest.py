@@ -3,6 +3,9 @@ laid out in a Hugging Face cache."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,13 @@ def stack() -> spec.Stack:
 def locked() -> lock.Lock:
     """The committed lock."""
     return lock.load(REPO / "lock")
+
+
+@pytest.fixture
+def gnupg_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a throwaway gpg keyring (GNUPGHOME in tmp_path). gpg starts an agent
+    for it that outlives the test unless told to go: this fixture ends it."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    yield {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)

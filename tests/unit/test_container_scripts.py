@@ -47,11 +47,9 @@ def calls(folder: Path) -> list[str]:
 
 
 @pytest.fixture
-def someone_elses_key(tmp_path: Path) -> Path:
+def someone_elses_key(tmp_path: Path, gnupg_env: dict[str, str]) -> Path:
     """An armored public key that is not NVIDIA's (a fresh one, in a throwaway keyring)."""
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(home)}
+    env = gnupg_env
     make = ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Mallory <m@example.org>"]
     subprocess.run([*make, "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
     key = tmp_path / "mallory.asc"

@@ -3,7 +3,6 @@ the CUDA keyring check), without pyinfra."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -99,12 +98,12 @@ def test_logged_commands_keep_the_full_log_on_the_host() -> None:
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg")
-def test_the_keyring_check_sees_every_primary_key_in_every_key_file(tmp_path: Path) -> None:
+def test_the_keyring_check_sees_every_primary_key_in_every_key_file(
+    tmp_path: Path, gnupg_env: dict[str, str]
+) -> None:
     """The check the CUDA keyring script runs, on real keys: a subkey is its primary key's,
     a second key anywhere in the package (another file, another folder, armored) is seen."""
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(home)}
+    env = gnupg_env
 
     def gpg(*args: str) -> str:
         done = subprocess.run(
