@@ -79,6 +79,17 @@ def _shape(sku: str, **fields: Any) -> GpuState:
     return replace(read, **(base | fields))
 
 
+def _loaded_535() -> GpuState:
+    """An H100 whose Debian 535 driver is installed and loaded."""
+    return _gpu(
+        driver_version="535.261.03",
+        modules=["nvidia"],
+        module_version="535.261.03",
+        packages={"nvidia-kernel-dkms": "535.261.03-1"},
+        smi_rc=0,
+    )
+
+
 FIXTURES = {
     "debian-12": Fixture("debian", "12", "3.11"),
     "debian-13": Fixture("debian", "13", "3.13"),
@@ -106,13 +117,7 @@ FIXTURES = {
         "debian",
         "12",
         "3.11",
-        _gpu(
-            driver_version="535.261.03",
-            modules=["nvidia"],
-            module_version="535.261.03",
-            packages={"nvidia-kernel-dkms": "535.261.03-1"},
-            smi_rc=0,
-        ),
+        _loaded_535(),
     ),
     # No driver: Debian's own 535 and the CUDA 12 variant, no NVIDIA repository at all.
     "h100-debian-535": Fixture(
@@ -186,13 +191,7 @@ FIXTURES = {
         "debian",
         "12",
         "3.11",
-        _gpu(
-            driver_version="535.261.03",
-            modules=["nvidia"],
-            module_version="535.261.03",
-            packages={"nvidia-kernel-dkms": "535.261.03-1"},
-            smi_rc=0,
-        ),
+        _loaded_535(),
         stack={"dcgm": {"enabled": True}},
     ),
 }

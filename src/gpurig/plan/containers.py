@@ -28,8 +28,8 @@ from gpurig.model.host import HostFacts
 from gpurig.plan.driver import UNCHANGED, key_fingerprints, logged
 from gpurig.plan.image import image_tag
 from gpurig.plan.smoke import smoke_args
-from gpurig.plan.steps import AptPackages, File, Script, Step
-from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_get, apt_install
+from gpurig.plan.steps import File, Script, Step
+from gpurig.plan.system import apt_get, installed
 from gpurig.spec import Stack
 
 ENGINE_PACKAGE = "docker.io"  # Debian's and Ubuntu's own engine: no outside repository
@@ -146,13 +146,7 @@ def steps(stack: Stack, facts: HostFacts) -> list[Step]:
     if not stack.containers.enabled:
         return []
     out: list[Step] = [
-        AptPackages(
-            "containers.engine",
-            "Install the container engine (docker.io)",
-            packages=[ENGINE_PACKAGE],
-            lock_timeout_s=APT_LOCK_TIMEOUT_S,
-            script=apt_install([ENGINE_PACKAGE], APT_LOCK_TIMEOUT_S),
-        )
+        installed("containers.engine", "Install the container engine (docker.io)", [ENGINE_PACKAGE])
     ]
     if not facts.systemd:  # nothing to start the daemon: the note says so (notes())
         return out
@@ -178,12 +172,8 @@ def steps(stack: Stack, facts: HostFacts) -> list[Step]:
                 CONTAINER_TOOLKIT_LIST,
                 toolkit_list(),
             ),
-            AptPackages(
-                "containers.toolkit",
-                "Install the NVIDIA container toolkit",
-                packages=[TOOLKIT_PACKAGE],
-                lock_timeout_s=APT_LOCK_TIMEOUT_S,
-                script=apt_install([TOOLKIT_PACKAGE], APT_LOCK_TIMEOUT_S),
+            installed(
+                "containers.toolkit", "Install the NVIDIA container toolkit", [TOOLKIT_PACKAGE]
             ),
             Script(
                 "containers.runtime",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from gpurig.model.host import HostFacts
 from gpurig.plan.driver import Driver, cuda_keyring_script, logged
-from gpurig.plan.steps import AptPackages, Script, Service, Step
-from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
+from gpurig.plan.steps import Script, Service, Step
+from gpurig.plan.system import installed
 from gpurig.spec import Stack
 
 UNIT = "nvidia-dcgm"
@@ -73,13 +73,7 @@ def steps(stack: Stack, facts: HostFacts, driver: Driver | None) -> tuple[list[S
             script=logged(repository, "dcgm-repository"),
             unless=KEYRING_INSTALLED,
         ),
-        AptPackages(
-            "dcgm.packages",
-            f"Install DCGM 4 for CUDA {major}",
-            packages=wanted,
-            lock_timeout_s=APT_LOCK_TIMEOUT_S,
-            script=apt_install(wanted, APT_LOCK_TIMEOUT_S),
-        ),
+        installed("dcgm.packages", f"Install DCGM 4 for CUDA {major}", wanted),
         Service("dcgm.hostengine", "Run the DCGM host engine (nv-hostengine)", unit=UNIT),
     ], []
 

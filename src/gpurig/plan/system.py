@@ -88,6 +88,18 @@ def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -
     return f"{apt} update && {apt} install -y --no-install-recommends -- {names}"
 
 
+def installed(step_id: str, name: str, packages: list[str]) -> AptPackages:
+    """An apt step of a later stage (containers, DCGM): the packages, installed in the
+    foreground by apt_install (the system stage's background install has been waited for)."""
+    return AptPackages(
+        step_id,
+        name,
+        packages=packages,
+        lock_timeout_s=APT_LOCK_TIMEOUT_S,
+        script=apt_install(packages, APT_LOCK_TIMEOUT_S),
+    )
+
+
 def apt_script(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
     """The apt step as one script (the Ansible role runs it): nothing when every package is
     installed; else the lists refreshed, then the install, as a background job that the wait
