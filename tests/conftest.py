@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# ansible-core patches sys.intern when some unit tests import it in-process, and torch (its
+# dynamo) cannot be imported after that: dynamo comes first, whatever the tests' order.
+import torch._dynamo  # noqa: F401
+
 from gpurig import lock, spec
 from gpurig.sandbox.hubcache import lay_out
 

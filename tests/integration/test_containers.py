@@ -70,7 +70,7 @@ def test_the_engine_installs_and_answers_or_is_named(
     output = first.stdout + first.stderr
     assert first.returncode != 0, output
     assert "container engine not running: dockerd does not answer" in output, output[-3000:]
-    assert "failed to create NAT chain DOCKER" in output
+    assert "failed to create NAT chain DOCKER" in output, output[-3000:]
     assert '"iptables": false' in output  # the fix, named
     assert "Traceback" not in output
     rc, installed = fleet.ssh(host, "dpkg-query -W -f='${Status}' docker.io")

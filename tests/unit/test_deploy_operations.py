@@ -68,9 +68,8 @@ def text(command: Any) -> str:
 
 def test_apt_installs_only_the_missing_with_a_bounded_lock_wait() -> None:
     installed = {"ca-certificates": ["20230311"], "python3": ["3.11.2-1"]}
-    commands, _ = run_op(
-        apt.packages, {DebPackages: installed}, packages=["ca-certificates", "git", "curl=8.*"]
-    )
+    wanted = ["ca-certificates", "git", "curl=8.*"]
+    commands, _ = run_op(apt.packages, {DebPackages: installed}, packages=wanted, background=True)
     assert len(commands) == 1
     script = text(commands[0])
     # In the foreground when ca-certificates is missing, else as a background job
@@ -81,6 +80,11 @@ def test_apt_installs_only_the_missing_with_a_bounded_lock_wait() -> None:
     assert line.count("DPkg::Lock::Timeout=120") == 2  # update and install both wait
     assert line.endswith("install -y --no-install-recommends -- git 'curl=8.*'")
     assert "ca-certificates" not in line.split("install")[-1]
+    # A later stage's apt step (containers, DCGM): here and now, since its next step needs it.
+    commands, _ = run_op(apt.packages, {DebPackages: installed}, packages=wanted)
+    (foreground,) = [text(c) for c in commands]
+    assert "setsid" not in foreground
+    assert foreground == line
 
 
 def test_apt_noop_when_everything_is_installed() -> None:

@@ -82,6 +82,7 @@ def apply(step: Step) -> None:
             name=step.name,
             packages=step.packages,
             lock_timeout_s=step.lock_timeout_s,
+            background=step.background,
             _if=_needed(step),
         )
     elif isinstance(step, AptWait):

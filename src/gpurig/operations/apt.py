@@ -24,16 +24,17 @@ from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
 
 @operation()
 def packages(
-    packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S
+    packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S, background: bool = False
 ) -> Generator[Any, None, None]:
-    """Start installing the packages that are missing (the lists refreshed first) in the
-    background; `wait` takes the result."""
+    """Install the packages that are missing (the lists refreshed first): in the background
+    when `background`, and then `wait` takes the result; else here and now."""
     installed = host.get_fact(DebPackages)
     missing = [p for p in packages if p.split("=", 1)[0] not in installed]
     if not missing:
         host.noop(f"apt packages are installed: {', '.join(packages)}")
         return
-    yield DiagnosedCommand(start_script(apt_install(missing, lock_timeout_s)), Context(), None)
+    install = apt_install(missing, lock_timeout_s)
+    yield DiagnosedCommand(start_script(install) if background else install, Context(), None)
 
 
 @operation()

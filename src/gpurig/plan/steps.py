@@ -61,6 +61,9 @@ class AptPackages(Step):
     packages: list[str] = field(default_factory=list)
     lock_timeout_s: int = 120
     script: str = ""  # installs what is missing; prints `gpurig: unchanged` when nothing is
+    # The system stage's install runs as a background job an AptWait step joins; a later
+    # stage's (containers, DCGM) in the foreground, since its next step needs the packages.
+    background: bool = False
 
 
 @dataclass(frozen=True)

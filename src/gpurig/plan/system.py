@@ -149,6 +149,7 @@ def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
             packages=packages,
             lock_timeout_s=timeout,
             script=apt_script(packages, timeout),
+            background=True,
         )
     )
     user = stack.host.user
