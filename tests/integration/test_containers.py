@@ -12,7 +12,6 @@ need nvidia.github.io, which nothing here reaches: plan tests cover them
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from gpurig.sandbox.testing import SandboxFleet
+from helpers.front_ends import BIN, ansible_env
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +41,11 @@ def deploy(fleet: SandboxFleet, stack: Path) -> subprocess.CompletedProcess[str]
 
 def ansible(fleet: SandboxFleet, stack: Path) -> subprocess.CompletedProcess[str]:
     """The Ansible preflight and containers roles (the same plan, the other front end)."""
-    bin_dir = Path(sys.executable).parent
-    argv = [str(bin_dir / "ansible-playbook"), "-i", str(fleet.ansible_inventory), str(PLAYBOOK)]
+    argv = [str(BIN / "ansible-playbook"), "-i", str(fleet.ansible_inventory), str(PLAYBOOK)]
     env = {
-        **fleet.env,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
+        **ansible_env(fleet.env),
         "GPURIG_STACK": str(stack),
         "GPURIG_LOCK": str(REPO / "lock"),
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
     }
     return subprocess.run(
         argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
