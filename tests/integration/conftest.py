@@ -6,9 +6,11 @@
                        env=fleet.env, check=True)
         rc, out = fleet.ssh(fleet.hosts[0], "lspci -Dnmm")
 
-Fleets live in their own state dirs and are removed at the end of the session. Pass the same
-`name` from several tests to share one fleet (its other arguments must then match); without a
-name every call starts a fresh fleet.
+Fleets live in their own state dirs and are removed when the test module ends, so the suite's
+disk use peaks at one module's hosts, not the sum of all (a host with a venv holds a few GB, and
+the preflight's disk check on later hosts reads the same disk). Pass the same `name` from several
+tests of one module to share one fleet (its other arguments must then match); without a name
+every call starts a fresh fleet.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def engine() -> docker.DockerClient:
         pytest.fail(f"Docker engine: {error}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sandbox_fleet(
     engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., SandboxFleet]]:
