@@ -8,6 +8,7 @@ other hosts go on. The fleet summary prints when the run ends.
 
 from pyinfra import config
 
+from gpurig.deploys import pyinfra_costs
 from gpurig.deploys.cluster import cluster_node  # multi-node training (docs/multinode.md)
 from gpurig.deploys.nvidia import nvidia_driver
 from gpurig.deploys.preflight import preflight
@@ -15,6 +16,7 @@ from gpurig.deploys.stages import containers, dcgm, llm_env, python, system
 from gpurig.deploys.verify import verify
 
 config.SUDO = True  # every change is made as root; preflight's facts run as the SSH user
+pyinfra_costs.install()  # two per-operation costs of pyinfra's, made cheap (same answers)
 
 plan = preflight()
 if plan.ok:

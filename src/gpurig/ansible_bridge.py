@@ -11,60 +11,33 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from pyinfra.facts.apt import AptSources
 
 from gpurig import diagnose, lock
 from gpurig.controller import Controller
 from gpurig.diagnose import Context
 from gpurig.errors import GpurigError
-from gpurig.facts import gpu as gpu_facts
+from gpurig.facts import preflight_probe
 from gpurig.facts.gpu import GpuHost
-from gpurig.facts.system import HostProbe, to_host_facts
 from gpurig.hostlayout import LOG_DIR
-from gpurig.model.host import GpuState, HostFacts
+from gpurig.model.host import HostFacts
 from gpurig.plan import HostPlan, converged
-
-# Split the output of the probes sent in one round trip.
-GPU_SECTION = "@@gpurig-gpu-fact"
-SOURCES_SECTION = "@@gpurig-apt-sources"
 
 
 def probe_command(venv: str, hub: str = "") -> str:
-    """The pyinfra deploy's fact probes (system, the GPU layer's, apt sources) in one `sh -c`
-    command line. Run it as the SSH user, without become: it tests passwordless sudo itself.
-    hub: the Hub test's lines (`hub_probe`), "" when the host's models need none."""
-    system = HostProbe().command(venv, hub).strip()
-    gpus = GpuHost().command().strip()
-    sources = AptSources().command().strip()
-    script = (
-        f"(\n{system}\n)\necho {GPU_SECTION}\n(\n{gpus}\n)\n"
-        f"echo {SOURCES_SECTION}\n{sources} 2>/dev/null\ntrue"
-    )
-    return "/bin/sh -c " + shlex.quote(script)
+    """The pyinfra deploy's fact probe (system, the GPU layer's, apt sources: one round trip)
+    as one `sh -c` command line. Run it as the SSH user, without become: it tests passwordless
+    sudo itself. hub: the Hub test's lines (`hub_probe`), "" when the host's models need none."""
+    return "/bin/sh -c " + shlex.quote(preflight_probe.script(venv, hub))
 
 
-@dataclass(frozen=True)
-class Probed:
-    facts: HostFacts
-    gpu: GpuState
-    sources: list[Any]  # pyinfra AptRepo entries
-
-
-def parse_probe(stdout: str) -> Probed:
-    """The probes' output as preflight.HostFacts, parsed by the pyinfra deploy's own code."""
-    lines = stdout.splitlines()
-    gpu_at = lines.index(GPU_SECTION) if GPU_SECTION in lines else len(lines)
-    sources_at = lines.index(SOURCES_SECTION) if SOURCES_SECTION in lines else len(lines)
-    probe = HostProbe().process(lines[:gpu_at])
-    if not probe.get("arch") or not probe.get("mem_kb"):
+def parse_probe(stdout: str) -> preflight_probe.Probed:
+    """The probe's output, parsed by the pyinfra deploy's own code."""
+    probed = preflight_probe.parse(stdout.splitlines())
+    if not probed.probe.get("arch") or not probed.probe.get("mem_kb"):
         raise GpurigError(f"the fact probe printed no facts: {stdout[-300:]!r}")
-    state = GpuHost().process(lines[gpu_at + 1 : sources_at])
-    sources = AptSources().process(lines[sources_at + 1 :]) if sources_at < len(lines) else []  # type: ignore[no-untyped-call]
-    return Probed(gpu_facts.apply(to_host_facts(probe), state), state, list(sources))
+    return probed
 
 
 def _mtime(path: Path) -> int:

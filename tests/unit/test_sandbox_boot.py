@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gpurig.errors import UsageError
-from gpurig.sandbox import Fleet, doubles, rootfs
+from gpurig.sandbox import Fleet, boot, doubles, rootfs
 from gpurig.sandbox.boot import container_options, host_archive
 
 
@@ -105,3 +105,51 @@ def test_a_pretend_driver_gets_its_own_sys_module_and_a_boot_unit() -> None:
     assert f"ExecStart=/bin/cp {doubles.PRETEND_DRIVER_PATH} /sys/module/nvidia/version" in unit
     assert link.rsplit("/", 2)[1] == "sysinit.target.wants"
     assert "WantedBy=sysinit.target" in unit
+
+
+class _Container:
+    """What systemd_hint reads of a container: its state and its journal."""
+
+    def __init__(self, exit_code: int, journal: str) -> None:
+        self.attrs = {"State": {"ExitCode": exit_code}, "RestartCount": 1}
+        self.journal = journal
+
+    def reload(self) -> None:
+        pass
+
+    def exec_run(self, command: list[str]) -> tuple[int, bytes]:
+        assert command[0] == "journalctl"
+        return 0, self.journal.encode()
+
+
+INOTIFY_LINE = "Failed to create inotify object: Too many open files\n"
+
+
+@pytest.mark.parametrize(
+    ("init", "exit_code", "journal", "named"),
+    [
+        ("systemd", 255, "", "systemd (PID 1) exited at boot"),
+        ("systemd", 0, "Starting ssh.service\n" + INOTIFY_LINE, "no free inotify instance"),
+        ("systemd", 0, "Starting ssh.service\n", None),  # another cause: no guess
+        ("systemd", 1, "", None),  # a reboot's or a crash's exit is not systemd giving up
+        ("none", 255, INOTIFY_LINE, None),
+    ],
+)
+def test_a_systemd_host_out_of_inotify_instances_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    init: str,
+    exit_code: int,
+    journal: str,
+    named: str | None,
+) -> None:
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    monkeypatch.setattr(boot, "INOTIFY_LIMIT", str(limit))
+    hint = boot.systemd_hint(_Container(exit_code, journal), init)  # type: ignore[arg-type]
+    if named is None:
+        assert hint == ""
+    else:
+        assert named in hint
+        assert "fs.inotify.max_user_instances=128" in hint
+        assert "sysctl -w fs.inotify.max_user_instances=1024" in hint

@@ -1,7 +1,8 @@
 """Stage 1, preflight: facts only, before any change; then the host's plan.
 
-Two facts (one round trip each: the system, and the GPU layer's) read the host; the controller
-(gpurig.controller) decides and plans, as it does for `gpurig preflight` and the Ansible role.
+One fact (gpurig.facts.preflight_probe: the system, the GPU layer's and the apt sources, in one
+round trip, as the Ansible role reads them) tells the host; the controller (gpurig.controller)
+decides and plans, as it does for `gpurig preflight` and the Ansible role.
 A host with a problem gets a single operation that stops it with the reason; the deploy adds
 nothing else for it, and the other hosts go on. A host that passes gets one more round trip:
 what of its plan it already has (gpurig.facts.in_place), which the later stages skip.
@@ -9,12 +10,9 @@ what of its plan it already has (gpurig.facts.in_place), which the later stages 
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
-from pyinfra.facts.apt import AptSources
 
 from gpurig.deploys import (
     FACTS_KEY,
@@ -27,8 +25,9 @@ from gpurig.deploys import (
 )
 from gpurig.deploys.progress import tracker
 from gpurig.deploys.verify import RUN, watch_run
-from gpurig.facts import gpu, in_place
-from gpurig.facts.system import HostProbe, dpkg_lock_holder, to_host_facts
+from gpurig.facts import in_place
+from gpurig.facts.preflight_probe import PreflightProbe
+from gpurig.facts.system import dpkg_lock_holder
 from gpurig.hostlayout import CLUSTER_ENV, LAUNCHER, LIMITS_FILE
 from gpurig.model.host import HostFacts
 from gpurig.operations import control
@@ -44,13 +43,6 @@ def describe(verdict: Verdict, facts: HostFacts) -> str:
     return f"{facts.os_name}, {gpus}, {python}: installs {verdict.target.name}"
 
 
-def _apt_sources(facts: HostFacts) -> list[Any]:
-    """Debian's sources, where the driver plan may add non-free to them (GPU hosts only)."""
-    if not (facts.gpus and facts.os_id == "debian"):
-        return []
-    return list(host.get_fact(AptSources))
-
-
 @deploy("Preflight", data_defaults=SPEC_DEFAULTS)
 def preflight() -> HostPlan:
     """Check the host against the stack and the lock; the plan goes into host data."""
@@ -60,14 +52,13 @@ def preflight() -> HostPlan:
     values = host_values()
     # The way to the Hub too, where an `auto` model may be downloaded (same round trip).
     hub = ctl.hub_probe(values)
-    probe = host.get_fact(HostProbe, venv=values["gpurig_host_venv"], hub=hub, _sudo=False)
-    # The system, then the GPU layer's fact: PCI GPUs, driver, Secure Boot, kernel, DKMS.
-    state = host.get_fact(gpu.GpuHost, _sudo=False)
-    facts = gpu.apply(to_host_facts(probe), state)
+    # The system, the GPU layer (PCI GPUs, driver, Secure Boot, kernel, DKMS), apt sources.
+    probed = host.get_fact(PreflightProbe, venv=values["gpurig_host_venv"], hub=hub, _sudo=False)
+    facts = probed.facts
     RUN.os_names[host.name] = facts.os_name
-    plan = ctl.host_plan(values, facts, state, _apt_sources(facts))
+    plan = ctl.host_plan(values, facts, probed.gpu, probed.sources)
     verdict = plan.verdict
-    holder = dpkg_lock_holder(probe)
+    holder = dpkg_lock_holder(probed.probe)
     if holder:
         verdict.notes.append(
             f"the dpkg lock is held by {holder}: apt waits up to {APT_LOCK_TIMEOUT_S} s for it"

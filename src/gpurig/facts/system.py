@@ -18,6 +18,7 @@ from typing import Any
 from pyinfra.api.facts import FactBase
 
 from gpurig.model.host import HostFacts
+from gpurig.plan.hashing import sha256_command
 
 # Runs as the SSH user, without sudo, so that `sudo -n true` tests what it should.
 PROBE_SCRIPT = r"""
@@ -221,7 +222,7 @@ class FileState(FactBase[FileInfo | None]):
         quoted = shlex.quote(path)
         return (
             f"if [ -f {quoted} ]; then stat -c '%a %U:%G' {quoted} && "
-            f"sha256sum {quoted} | cut -d ' ' -f 1; fi"
+            f"{{ {sha256_command(quoted)}; }}; fi"
         )
 
     @staticmethod

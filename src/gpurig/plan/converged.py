@@ -14,6 +14,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+from gpurig.plan.hashing import sha256_command
 from gpurig.plan.models import CHECKED, Models
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step, Wheels
 
@@ -40,7 +41,7 @@ def _probe(step: Step) -> str:
         return (
             f"if [ -f {path} ] && [ ! -L {path} ]; then "
             f"echo stat $(stat -c '%U %G %a' {path}); "
-            f"echo sha256 $(sha256sum < {path} | cut -d' ' -f1); "
+            f"echo sha256 $({sha256_command(path)}); "
             f"elif [ -e {path} ] || [ -L {path} ]; then echo other; fi"
         )
     if isinstance(step, Directories):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
 from docker.models.containers import Container
@@ -21,6 +22,8 @@ from gpurig.sandbox.rootfs import SANDBOX_UID, SANDBOX_USER
 
 INITS = ("systemd", "none")
 LOOPBACK = "127.0.0.1"
+INOTIFY_LIMIT = "/proc/sys/fs/inotify/max_user_instances"
+SYSTEMD_GAVE_UP = 255  # PID 1's exit status when it cannot allocate its manager
 LISTEN_CONF = "etc/ssh/sshd_config.d/60-gpurig-listen.conf"
 # An empty machine-id marks a first boot, as on a cloud image: new host keys then, and only
 # then, so a restarted host keeps the keys known_hosts trusts (a VM reboot does too).
@@ -145,7 +148,10 @@ def wait_for_sshd(container: Container, port: int, init: str, timeout_s: float) 
             if "Address already in use" in logs:
                 raise PortTaken(port)
             tail = " | ".join(logs.strip().splitlines()[-4:])
-            raise GpurigError(f"sandbox host {container.name} exited while booting: {tail}")
+            raise GpurigError(
+                f"sandbox host {container.name} exited while booting: {tail}"
+                + systemd_hint(container, init)
+            )
         if container.status == "running" and _sshd_ready(container, port, init):
             return
         time.sleep(0.2)
@@ -153,6 +159,35 @@ def wait_for_sshd(container: Container, port: int, init: str, timeout_s: float) 
         f"sshd in {container.name} did not answer on {LOOPBACK}:{port} within {timeout_s:.0f} s:"
         f" see `docker logs {container.name}`"
         + ("" if init == "none" else f" and `docker exec {container.name} journalctl -b`")
+        + systemd_hint(container, init)
+    )
+
+
+def systemd_hint(container: Container, init: str) -> str:
+    """Why a systemd host did not bring sshd up, where it is the cause met on this machine: the
+    inotify instances ran out (each systemd host takes about six, and the per-user limit counts
+    every container's). Then systemd either exits at once (PID 1 logs nowhere without a
+    terminal) or boots without the units that need inotify, ssh among them (its journal says
+    so). "" for any other cause: the caller's message stands alone."""
+    if init == "none":
+        return ""
+    container.reload()
+    if container.attrs.get("State", {}).get("ExitCode") == SYSTEMD_GAVE_UP:
+        cause = "systemd (PID 1) exited at boot: other systemd hosts or containers may hold"
+    else:
+        status, out = container.exec_run(["journalctl", "-b", "--no-pager", "-o", "cat"])
+        said = out.decode(errors="replace") if status == 0 else ""
+        if "Failed to create inotify object: Too many open files" not in said:
+            return ""
+        cause = "systemd found no free inotify instance: other systemd hosts or containers hold"
+    try:
+        limit = Path(INOTIFY_LIMIT).read_text().strip()
+    except OSError:
+        limit = "?"
+    return (
+        f"; {cause} every inotify instance (fs.inotify.max_user_instances={limit}, about six"
+        " per systemd host): remove some (`gpurig sandbox down`) or raise the limit with"
+        " `sysctl -w fs.inotify.max_user_instances=1024`"
     )
 
 

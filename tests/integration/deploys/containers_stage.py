@@ -14,15 +14,13 @@ from pyinfra import config, host
 from gpurig import spec
 from gpurig.deploys import FACTS_KEY
 from gpurig.deploys.render import apply
-from gpurig.facts import gpu
-from gpurig.facts.system import HostProbe, to_host_facts
+from gpurig.facts.preflight_probe import PreflightProbe
 from gpurig.plan import containers
 
 config.SUDO = True
 
 stack = spec.load(Path(os.environ["GPURIG_STACK"]))
-probe = host.get_fact(HostProbe, venv=stack.host.venv, _sudo=False)
-facts = gpu.apply(to_host_facts(probe), host.get_fact(gpu.GpuHost, _sudo=False))
+facts = host.get_fact(PreflightProbe, venv=stack.host.venv, _sudo=False).facts
 setattr(host.data, FACTS_KEY, facts)
 for note in containers.notes(stack, facts):
     host.log(f"containers: {note}")

@@ -10,13 +10,11 @@ import os
 from pathlib import Path
 
 from pyinfra import config, host
-from pyinfra.facts.apt import AptSources
 
 from gpurig import plan, preflight, spec
 from gpurig.deploys import FACTS_KEY, VERDICT_KEY
 from gpurig.deploys.nvidia import nvidia_driver
-from gpurig.facts import gpu
-from gpurig.facts.system import HostProbe, to_host_facts
+from gpurig.facts.preflight_probe import PreflightProbe
 from gpurig.lock import Lock, Target, target_name
 from gpurig.operations import control
 
@@ -32,11 +30,9 @@ for variant in stack.torch.variants:
         )
 locked = Lock(Path("lock"), stack.digest(), targets, {})
 
-probe = host.get_fact(HostProbe, venv=stack.host.venv, _sudo=False)
-state = host.get_fact(gpu.GpuHost, _sudo=False)
-facts = gpu.apply(to_host_facts(probe), state)
+probed = host.get_fact(PreflightProbe, venv=stack.host.venv, _sudo=False)
+facts, state, sources = probed.facts, probed.gpu, probed.sources
 verdict = preflight.evaluate(facts, stack, locked)
-sources = list(host.get_fact(AptSources)) if facts.os_id == "debian" else []
 setattr(host.data, FACTS_KEY, facts)
 setattr(host.data, VERDICT_KEY, verdict)
 for note in verdict.notes:
