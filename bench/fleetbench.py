@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,30 @@ def timed(
         raise SystemExit(f"{label}: exit {done.returncode}, expected {expect}:\n{tail}")
     print(f"  {label}: {seconds:.1f} s", flush=True)
     return seconds
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core), from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def timed_cpu(label: str, command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """`timed`, plus where the CPU went: the controller's processes (the command and its
+    children), and the rest of the machine (sandbox hosts, the engine). On a shared machine
+    the rest includes other jobs: measure when it is quiet."""
+    before_self = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_all = machine_cpu_s()
+    wall = timed(label, command, env)
+    after_self = resource.getrusage(resource.RUSAGE_CHILDREN)
+    controller = (after_self.ru_utime - before_self.ru_utime) + (
+        after_self.ru_stime - before_self.ru_stime
+    )
+    return {
+        "wall_s": wall,
+        "controller_cpu_s": controller,
+        "rest_cpu_s": machine_cpu_s() - before_all - controller,
+    }
 
 
 def timed_ops(
