@@ -4,9 +4,11 @@ for a host's HF cache, with a tiny BLOOM laid out in a controller-side cache (te
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ from gpurig.plan.models import Models
 from gpurig.sandbox.hubcache import lay_out
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def own_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hfcache's table of verified blobs goes to the test's folder, not the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    hfcache._verified.cache_clear()
+
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as the service user")
 
 
@@ -280,3 +291,32 @@ def test_a_streamed_push_with_wrong_bytes_gets_no_marker(host: Path, tiny_bloom_
     assert done.returncode != 0
     assert "model.safetensors" in done.stderr
     assert "does not match its hash" in done.stderr
+
+
+def test_a_controller_blob_is_hashed_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs after the first read the verified digest, not the file; any write to the file
+    (a new ctime) makes the next run hash it again."""
+    hfcache._verified.cache_clear()
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"weights" * 1000)
+    name = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert hfcache.blob_matches(blob, name)
+    assert not hfcache.verified_file().exists()  # written a moment ago: not remembered yet
+    monkeypatch.setattr(hfcache, "RACY_S", -1.0)
+    assert hfcache.blob_matches(blob, name)
+    assert hfcache.verified_file().stat().st_mode & 0o777 == 0o600
+    hfcache._verified.cache_clear()  # a later run: only the table on disk is known
+
+    def no_hashing(*args: object) -> None:
+        raise AssertionError("hashed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hfcache.hashlib, "sha256", no_hashing)
+        assert hfcache.blob_matches(blob, name)
+    time.sleep(0.05)  # past the clock tick of the first write
+    blob.write_bytes(b"weightz" * 1000)  # same size, new bytes
+    hfcache._verified.cache_clear()
+    assert not hfcache.blob_matches(blob, name)
+    hfcache._verified.cache_clear()

@@ -29,6 +29,7 @@ from gpurig import lock
 from gpurig.errors import GpurigError
 from gpurig.images import render
 from gpurig.lock import Lock, Target
+from gpurig.sandbox.paths import cache_home
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 # .pyc bytes per .py byte of `uv pip install --compile-bytecode`, measured on the CPU image
@@ -85,8 +86,7 @@ class Estimate:
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpurig" / "wheel-sizes.json"
+    return cache_home() / "wheel-sizes.json"
 
 
 def _ssl_context() -> ssl.SSLContext:
