@@ -26,6 +26,7 @@ from typing import ClassVar, Literal
 from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
 from gpurig.model.host import HostFacts
+from gpurig.plan.hashing import sha256_command
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
@@ -37,17 +38,18 @@ DOWNLOAD = (
     "import sys; from huggingface_hub import snapshot_download; "
     "snapshot_download(sys.argv[1], revision=sys.argv[2], cache_dir=sys.argv[3])"
 )
-# Is FILE's content the blob NAME? sha256 for LFS files, git's blob sha1 for the others.
+# Is FILE's content the blob NAME? sha256 for LFS files (OpenSSL's where the host has it: the
+# check hashes every model file on every run), git's blob sha1 for the others.
 BLOB_OK = r"""blob_ok() {
   case $2 in *[!0-9a-f]*|'') return 1 ;; esac
   [ -f "$1" ] && [ ! -L "$1" ] || return 1
   case ${#2} in
-    64) set -- "$(sha256sum < "$1")" "$2" ;;
+    64) set -- "$(__SHA256__)" "$2" ;;
     40) set -- "$({ printf 'blob %s\000' "$(stat -c %s "$1")"; cat "$1"; } | sha1sum)" "$2" ;;
     *) return 1 ;;
   esac
   [ "${1%% *}" = "$2" ]
-}"""
+}""".replace("__SHA256__", sha256_command('"$1"'))
 
 
 @dataclass(frozen=True)
