@@ -28,6 +28,8 @@ PYTHON_DIR = "/opt/gpurig/python"  # uv-managed Pythons, when the distribution's
 REQUIREMENTS_DIR = "/var/cache/gpurig/requirements"  # what each venv is built from
 # Pushed model files land here (root's, outside the service user's cache) until checked.
 MODELS_INCOMING = "/var/cache/gpurig/incoming"
+# Large files' sha256 digests, remembered by root between runs (gpurig.plan.hashing).
+DIGEST_MEMO = "/var/cache/gpurig/sha256-memo"
 LOG_DIR = "/var/log/gpurig"  # full logs of the driver steps; their output names the failure
 # The driver stage's files.
 NOUVEAU_CONF = "/etc/modprobe.d/gpurig-blacklist-nouveau.conf"

@@ -14,6 +14,8 @@ it alone (re-forming clusters after an inventory change).
 from __future__ import annotations
 
 import os
+from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host, state
@@ -36,8 +38,19 @@ def _gpu_count() -> int:
     return len(host.get_fact(GpuHost, _sudo=False).gpus)
 
 
+# The inventory's members, read once per run: every host's stage reads every host's data, so
+# reading it per host made a fleet's run quadratic in its hosts (the keys are inventory data,
+# which no deploy sets).
+_MEMBERS: WeakKeyDictionary[Any, tuple[list[cluster.Member], dict[str, list[str]]]] = (
+    WeakKeyDictionary()
+)
+
+
 def inventory_clusters() -> dict[str, cluster.Cluster]:
-    members, groups = cluster.from_pyinfra(state.inventory)
+    inventory = state.inventory
+    if inventory not in _MEMBERS:
+        _MEMBERS[inventory] = cluster.from_pyinfra(inventory)
+    members, groups = _MEMBERS[inventory]
     return cluster.find_clusters(members, groups, os.environ.get(cluster.ENV_CLUSTER))
 
 

@@ -112,8 +112,17 @@ for f in __FILES__; do [ -f "$f" ] && sha256sum "$f"; done
 echo @@init
 if [ -d /run/systemd/system ]; then
   echo systemd
-  echo "persistenced=$(systemctl is-active nvidia-persistenced 2>/dev/null),$(systemctl is-enabled nvidia-persistenced 2>/dev/null)"
-  echo "fabricmanager=$(systemctl is-active nvidia-fabricmanager 2>/dev/null),$(systemctl is-enabled nvidia-fabricmanager 2>/dev/null)"
+  # One systemctl for both units (is-active and is-enabled were four): NAME=active,enabled
+  systemctl show -p Id -p ActiveState -p UnitFileState nvidia-persistenced nvidia-fabricmanager 2>/dev/null | {
+    u= a= e=
+    while IFS='=' read -r k v; do
+      case $k in
+        Id) u=${v%.service} ;; ActiveState) a=$v ;; UnitFileState) e=$v ;;
+        '') [ -z "$u" ] || echo "${u#nvidia-}=$a,$e"; u= a= e= ;;
+      esac
+    done
+    [ -z "$u" ] || echo "${u#nvidia-}=$a,$e"
+  }
 fi
 if [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then echo container
 elif command -v systemd-detect-virt >/dev/null 2>&1 && systemd-detect-virt -cq; then echo container

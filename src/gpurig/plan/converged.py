@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
-from gpurig.plan.hashing import sha256_command
+from gpurig.plan.hashing import SHA256_FUNCTION, sha256_command
 from gpurig.plan.models import CHECKED, Models
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step, Wheels
 
@@ -67,7 +67,7 @@ def _probe(step: Step) -> str:
 
 def probe_command(steps: Iterable[Step], folders: Iterable[str]) -> str:
     """One `/bin/sh -c` command line (run it as root) probing every checkable step."""
-    parts = []
+    parts = [SHA256_FUNCTION]
     for step in steps:
         if _checkable(step):
             parts.append(f"echo {_MARK} {shlex.quote(step.id)}\n{_probe(step)}")

@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
 from gpurig.model.host import HostFacts
-from gpurig.plan.hashing import sha256_command
+from gpurig.plan.hashing import SHA256_FUNCTION, sha256_command
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
@@ -38,9 +38,11 @@ DOWNLOAD = (
     "import sys; from huggingface_hub import snapshot_download; "
     "snapshot_download(sys.argv[1], revision=sys.argv[2], cache_dir=sys.argv[3])"
 )
-# Is FILE's content the blob NAME? sha256 for LFS files (OpenSSL's where the host has it: the
-# check hashes every model file on every run), git's blob sha1 for the others.
-BLOB_OK = r"""blob_ok() {
+# Is FILE's content the blob NAME? sha256 for LFS files (gpurig.plan.hashing; its memo is
+# root's, and this check runs as the service user, so every run reads every file), git's blob
+# sha1 for the others.
+_BLOB_OK = r"""
+blob_ok() {
   case $2 in *[!0-9a-f]*|'') return 1 ;; esac
   [ -f "$1" ] && [ ! -L "$1" ] || return 1
   case ${#2} in
@@ -50,6 +52,7 @@ BLOB_OK = r"""blob_ok() {
   esac
   [ "${1%% *}" = "$2" ]
 }""".replace("__SHA256__", sha256_command('"$1"'))
+BLOB_OK = SHA256_FUNCTION + _BLOB_OK
 
 
 @dataclass(frozen=True)
