@@ -28,11 +28,17 @@ def test_pyinfra_command() -> None:
         parse("--limit", "gpu", "--skip-smoke", "--", "--serial", "-v")
     )
     assert command[1:] == [
-        "-y", "inventory.py", "deploy/gpu.py", "--limit", "gpu",
+        "-y", "--data", "gpurig_early_push=true", "inventory.py", "deploy/gpu.py", "--limit", "gpu",
         "--data", "gpurig_skip_smoke=true",
         "--data", "ssh_strict_host_key_checking=yes", "--serial", "-v",
     ]  # fmt: skip
     assert command[0].endswith("pyinfra")
+
+
+def test_only_a_run_that_executes_pushes_wheels_before_their_step() -> None:
+    dry = deploy.pyinfra_command(parse("--dry"))
+    assert "--dry" in dry
+    assert not any("gpurig_early_push" in arg for arg in dry)
 
 
 def test_host_keys_stay_strict_whatever_the_inventory() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,9 +27,9 @@ from gpurig.facts.system import (
     Venvs,
     VenvState,
 )
-from gpurig.operations import apt, control, files, python, script, smoke, users, venv
+from gpurig.operations import apt, control, files, python, script, smoke, users, venv, wheels
 from gpurig.plan import smoke as plan_smoke
-from gpurig.plan.steps import Script, Smoke, Venv
+from gpurig.plan.steps import Script, Smoke, Venv, WheelFile
 from gpurig.plan.venv import marker_json
 from gpurig.spec import Stack
 
@@ -99,32 +101,79 @@ def test_apt_noop_when_everything_is_installed() -> None:
 
 
 @pytest.fixture
-def wheels(tmp_path: Path) -> dict[str, tuple[str, str]]:
-    a = tmp_path / "a-1-py3-none-any.whl"
-    b = tmp_path / "b-1-py3-none-any.whl"
-    a.write_bytes(b"a" * 10)
-    b.write_bytes(b"b" * 20)
-    return {a.name: (str(a), "aa" * 32), b.name: (str(b), "bb" * 32)}
+def wheel_files(tmp_path: Path) -> list[WheelFile]:
+    made = []
+    for name, body in [("a-1-py3-none-any.whl", b"a" * 10), ("b-1-py3-none-any.whl", b"b" * 20)]:
+        (tmp_path / name).write_bytes(body)
+        made.append(WheelFile(name, str(tmp_path / name), hashlib.sha256(body).hexdigest(), 20))
+    made[0] = WheelFile(made[0].name, made[0].src, made[0].sha256, 10)
+    return made
 
 
 def test_push_uploads_missing_and_wrong_size_files_then_checks_hashes(
-    wheels: dict[str, tuple[str, str]],
+    wheel_files: list[WheelFile],
 ) -> None:
+    """A connector without SSH (no stream): pyinfra's upload, then sha256sum --check."""
     sizes = {"a-1-py3-none-any.whl": 10, "b-1-py3-none-any.whl": 19}  # b was cut short
-    commands, _ = run_op(files.pushed, {FileSizes: sizes}, files=wheels, directory="/w")
+    commands, _ = run_op(wheels.pushed, {FileSizes: sizes}, wheels=wheel_files, directory="/w")
     uploads = [c for c in commands if isinstance(c, FileUploadCommand)]
     assert [u.dest for u in uploads] == ["/w/b-1-py3-none-any.whl"]
     check = text(commands[-1])
-    assert f"{'bb' * 32}  b-1-py3-none-any.whl" in check
+    assert f"{wheel_files[1].sha256}  b-1-py3-none-any.whl" in check
     assert "sha256sum --check" in check
     assert "rm -f b-1-py3-none-any.whl" in check  # a corrupt upload does not survive
 
 
-def test_push_is_a_noop_when_sizes_match(wheels: dict[str, tuple[str, str]]) -> None:
+def test_push_is_a_noop_when_sizes_match(wheel_files: list[WheelFile]) -> None:
     sizes = {"a-1-py3-none-any.whl": 10, "b-1-py3-none-any.whl": 20, "other.whl": 5}
-    commands, fake = run_op(files.pushed, {FileSizes: sizes}, files=wheels, directory="/w")
+    commands, fake = run_op(wheels.pushed, {FileSizes: sizes}, wheels=wheel_files, directory="/w")
     assert commands == []
     assert fake.noops == ["2 file(s) in /w"]
+
+
+def test_an_early_push_is_waited_for_and_its_failures_fail_the_operation(
+    wheel_files: list[WheelFile],
+) -> None:
+    early = wheels.Push(wheel_files, "/w")
+    early.greenlet = SimpleNamespace(join=lambda: None)
+    # The early push placed `a` already: the fact sees it, the operation still waits for it.
+    sizes = {"a-1-py3-none-any.whl": 10}
+    commands, _ = run_op(
+        wheels.pushed, {FileSizes: sizes}, wheels=wheel_files, directory="/w", early=early
+    )
+    (finish,) = commands
+    assert isinstance(finish, FunctionCommand)
+    assert finish.args[0] == wheel_files
+    fake = SimpleNamespace(print_prefix="[host-1] ")
+    early.done = {w.name: None for w in wheel_files}
+    assert wheels.finish(None, fake, *finish.args) is True
+    early.done["b-1-py3-none-any.whl"] = "the host read nothing (exit 1)"
+    assert wheels.finish(None, fake, *finish.args) is False  # no connection to push it again
+
+
+def _receive(tmp_path: Path, wheel: WheelFile, body: bytes) -> subprocess.CompletedProcess[str]:
+    script = wheels.receive(wheel, str(tmp_path / "wheels"))
+    return subprocess.run(
+        ["/bin/sh", "-c", script], input=body.decode(), capture_output=True, text=True
+    )
+
+
+def test_a_streamed_wheel_is_renamed_into_place_only_with_its_hash(
+    tmp_path: Path, wheel_files: list[WheelFile]
+) -> None:
+    wheel = wheel_files[1]
+    folder = tmp_path / "wheels"
+    done = _receive(tmp_path, wheel, b"b" * 20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == wheel.sha256
+    assert (folder / wheel.name).read_bytes() == b"b" * 20
+    assert sorted(p.name for p in folder.iterdir()) == [wheel.name]
+    for corrupt in (b"c" * 20, b"b" * 19):  # other bytes; cut short
+        (folder / wheel.name).write_bytes(b"old")
+        done = _receive(tmp_path, wheel, corrupt)
+        assert done.returncode == 1
+        assert (folder / wheel.name).read_bytes() == b"old"  # the wrong bytes never take the name
+        assert sorted(p.name for p in folder.iterdir()) == [wheel.name]  # no partial left
 
 
 # the locked venv ------------------------------------------------------------------------------

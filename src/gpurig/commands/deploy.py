@@ -17,7 +17,14 @@ from pathlib import Path
 
 from gpurig import report
 from gpurig.commands.deploy_watch import run_pyinfra
-from gpurig.deploys import ENV_LOCK, ENV_REPORTS, ENV_STACK, ENV_SUMMARY, reports_dir
+from gpurig.deploys import (
+    EARLY_PUSH_KEY,
+    ENV_LOCK,
+    ENV_REPORTS,
+    ENV_STACK,
+    ENV_SUMMARY,
+    reports_dir,
+)
 from gpurig.errors import UsageError
 from gpurig.inventory import STRICT_HOST_KEYS
 
@@ -50,6 +57,8 @@ def pyinfra_command(args: argparse.Namespace) -> list[str]:
     command = [found] if found else [sys.executable, "-m", "pyinfra"]
     # -y skips pyinfra's change detection, which is all a dry run is for.
     command += ["--dry"] if args.dry else ["-y"]
+    if not args.dry:  # the run will execute: preflight may start the wheels' push early
+        command += ["--data", f"{EARLY_PUSH_KEY}=true"]
     command += [str(args.inventory), str(DEPLOY_FILE)]
     if args.limit:
         command += ["--limit", args.limit]

@@ -5,7 +5,9 @@ round trip, as the Ansible role reads them) tells the host; the controller (gpur
 decides and plans, as it does for `gpurig preflight` and the Ansible role.
 A host with a problem gets a single operation that stops it with the reason; the deploy adds
 nothing else for it, and the other hosts go on. A host that passes gets one more round trip:
-what of its plan it already has (gpurig.facts.in_place), which the later stages skip.
+what of its plan it already has (gpurig.facts.in_place), which the later stages skip; the
+wheels it lacks start on their way then (gpurig.operations.wheels), beside the steps before
+them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
 from gpurig.deploys import (
+    EARLY_PUSH_KEY,
     FACTS_KEY,
     IN_PLACE_KEY,
     PLAN_KEY,
     SPEC_DEFAULTS,
     VERDICT_KEY,
+    WHEEL_PUSH_KEY,
     controller,
     host_values,
 )
@@ -30,8 +34,9 @@ from gpurig.facts.preflight_probe import PreflightProbe
 from gpurig.facts.system import dpkg_lock_holder
 from gpurig.hostlayout import CLUSTER_ENV, LAUNCHER, LIMITS_FILE
 from gpurig.model.host import HostFacts
-from gpurig.operations import control
+from gpurig.operations import control, wheels
 from gpurig.plan import HostPlan
+from gpurig.plan.steps import Wheels
 from gpurig.plan.system import APT_LOCK_TIMEOUT_S
 from gpurig.preflight import Verdict
 
@@ -77,6 +82,11 @@ def preflight() -> HostPlan:
         host.log(f"preflight: {describe(verdict, facts)}")
         # The cluster stage removes these from a host in no cluster.
         cluster_files = (CLUSTER_ENV, LAUNCHER, LIMITS_FILE)
-        setattr(host.data, IN_PLACE_KEY, in_place.read(host, plan, cluster_files))
+        known = in_place.read(host, plan, cluster_files)
+        setattr(host.data, IN_PLACE_KEY, known)
+        step = next((s for s in plan.steps() if isinstance(s, Wheels)), None)
+        if step and step.id not in known.steps and host.data.get(EARLY_PUSH_KEY):
+            push = wheels.start_early(host, step.wheels, step.directory, known.wheels)
+            setattr(host.data, WHEEL_PUSH_KEY, push)
         tracker().end(host.name, "preflight")
     return plan

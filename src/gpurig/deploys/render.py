@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pyinfra.context import host
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import systemd
 
-from gpurig.deploys import host_in_place, run_if
-from gpurig.operations import apt, files, users
+from gpurig.deploys import WHEEL_PUSH_KEY, host_in_place, run_if
+from gpurig.operations import apt, files, users, wheels
 from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
 from gpurig.operations.script import scripted
@@ -104,10 +105,11 @@ def apply(step: Step) -> None:
             env_file=step.env_file or None,
         )
     elif isinstance(step, Wheels):
-        files.pushed(
+        wheels.pushed(
             name=step.name,
-            files={w.name: (w.src, w.sha256) for w in step.wheels},
+            wheels=step.wheels,
             directory=step.directory,
+            early=host.data.get(WHEEL_PUSH_KEY),
             _if=_needed(step),
         )
     elif isinstance(step, Venv):

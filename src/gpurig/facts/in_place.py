@@ -12,15 +12,15 @@ when it runs: every check is still made, in one round trip instead of one each.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyinfra.api.facts import FactBase
 
 from gpurig.facts.system import Venvs, VenvState
 from gpurig.plan import HostPlan, converged
-from gpurig.plan.steps import Venv
+from gpurig.plan.steps import Venv, Wheels
 
 if TYPE_CHECKING:
     from pyinfra.api.host import Host
@@ -47,6 +47,7 @@ class HostInPlace:
     venvs: Venvs | None = None
     asked: frozenset[str] = frozenset()
     present: frozenset[str] = frozenset()
+    wheels: Mapping[str, int] = field(default_factory=dict)  # the wheel folder's file sizes
 
     def absent(self, path: str) -> bool:
         """Known to be absent (asked about, and not there)."""
@@ -100,4 +101,6 @@ def read(host: Host, plan: HostPlan, paths: Iterable[str] = ()) -> HostInPlace:
     script = probe_script(converged.probe_command(steps, folders), venv, paths)
     probed = host.get_fact(InPlace, script=script)
     ids = converged.converged(steps, folders, probed.steps)
-    return HostInPlace(frozenset(ids), probed.venvs, frozenset(paths), probed.present)
+    wheels = next((s for s in steps if isinstance(s, Wheels)), None)
+    sizes = converged.sizes(wheels, probed.steps) if wheels else {}
+    return HostInPlace(frozenset(ids), probed.venvs, frozenset(paths), probed.present, sizes)

@@ -1,10 +1,9 @@
-"""Files from the controller: config files with a follow-up command, and wheels."""
+"""Files from the controller: config files with a follow-up command."""
 
 from __future__ import annotations
 
 import hashlib
-import shlex
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from gpurig.controller import file_sha256
-from gpurig.facts.system import FileSizes, FileState
+from gpurig.facts.system import FileState
 
 
 @operation()
@@ -54,34 +53,3 @@ def installed(
     yield from commands
     if new_content and then:
         yield then
-
-
-@operation()
-def pushed(files: Mapping[str, tuple[str, str]], directory: str) -> Generator[Any, None, None]:
-    """files: remote name -> (controller path, sha256).
-
-    A file of the right size counts as present: comparing sizes costs one `find`, where a
-    checksum would read gigabytes per run. The contents are still checked: by sha256 right
-    after an upload, and by the hash-pinned install that reads them.
-    """
-    present = host.get_fact(FileSizes, directory=directory)
-    todo = {
-        name: (path, sha256)
-        for name, (path, sha256) in sorted(files.items())
-        if present.get(name) != Path(path).stat().st_size
-    }
-    if not todo:
-        host.noop(f"{len(files)} file(s) in {directory}")
-        return
-    yield StringCommand("mkdir", "-p", "-m", "0755", directory)
-    for name, (path, _) in todo.items():
-        dest = f"{directory}/{name}"
-        yield FileUploadCommand(path, dest, remote_temp_filename=host.get_temp_filename(dest))
-    sums = "".join(f"{sha256}  {name}\n" for name, (_, sha256) in todo.items())
-    names = " ".join(shlex.quote(n) for n in todo)
-    # A corrupted upload is removed, so that the next run uploads it again.
-    yield (
-        f"cd {shlex.quote(directory)} && chmod 0644 {names} && "
-        f"{{ printf %s {shlex.quote(sums)} | sha256sum --check --quiet --strict "
-        f"|| {{ rm -f {names}; exit 1; }}; }}"
-    )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from paramiko import SSHClient, Transport
+from paramiko import Transport
 from pyinfra import logger
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.facts import FactBase
@@ -25,11 +25,11 @@ from pyinfra.api.operation import operation
 from pyinfra.api.state import State
 from pyinfra.context import host
 
+from gpurig.operations.stream import stream, transport_of
 from gpurig.plan.models import Models, ModelUpload, missing, receive
 
 BIG_BYTES = 64 << 20  # files from this size on get progress lines
 PROGRESS_EVERY_S = 5.0
-BLOCK_BYTES = 256 << 10  # read and sent at a time; the SSH layer cuts its own packets
 
 
 class ModelsCheck(FactBase[list[str]]):
@@ -68,32 +68,11 @@ def _progress(host: Host, label: str, size: int) -> Any:
     return report
 
 
-def _as_root(script: str) -> str:
-    """The receiving script as root: the incoming folder is root's (sudo -n, as preflight
-    checked; the deploy's own sudo settings are for pyinfra's commands)."""
-    q = shlex.quote(script)
-    return f'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c {q}; else exec sudo -n /bin/sh -c {q}; fi'
-
-
 def _stream(transport: Transport, item: ModelUpload, incoming: str, report: Any) -> str | None:
-    """One file over its own exec channel into `receive`: written and hashed on the host in
-    one pass. None when the host found the blob's hash; else what went wrong."""
-    channel = transport.open_session()
-    try:
-        channel.exec_command(_as_root(receive(item, incoming)))
-        done = 0
-        with open(item.src, "rb") as source:
-            while block := source.read(BLOCK_BYTES):
-                channel.sendall(block)
-                done += len(block)
-                if report:
-                    report(done, item.size)
-        channel.shutdown_write()
-        out = channel.makefile("rb").read().decode(errors="replace").strip()
-        err = channel.makefile_stderr("rb").read().decode(errors="replace").strip()
-        status = channel.recv_exit_status()
-    finally:
-        channel.close()
+    """One file into `receive`: written and hashed on the host in one pass. None when the host
+    found the blob's hash; else what went wrong."""
+    sent = (lambda done: report(done, item.size)) if report else None
+    status, out, err = stream(transport, item.src, receive(item, incoming), sent)
     if status == 0 and out == item.blob:
         return None
     return f"the host read {out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"
@@ -101,8 +80,7 @@ def _stream(transport: Transport, item: ModelUpload, incoming: str, report: Any)
 
 def upload(state: State, host: Host, uploads: list[ModelUpload], incoming: str) -> bool:
     """Each file to incoming/<name>, hashed on the host as it lands; the script places it."""
-    client = getattr(host.connector, "client", None)
-    transport = client.get_transport() if isinstance(client, SSHClient) else None
+    transport = transport_of(host)
     began = time.monotonic()
     for i, item in enumerate(uploads, 1):
         logger.info(

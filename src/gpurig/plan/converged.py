@@ -138,3 +138,9 @@ def converged(steps: Iterable[Step], folders: Iterable[str], output: str) -> lis
     if FOLDERS in sections and set(folders) <= existing:
         done.append(FOLDERS)
     return done
+
+
+def sizes(step: Wheels, output: str) -> dict[str, int]:
+    """The sizes of the files the probe found in the wheels step's folder."""
+    lines = _sections(output).get(step.id, [])
+    return {w[2]: int(w[1]) for w in lines if w[0] == "wheel" and len(w) == 3 and w[1].isdigit()}
