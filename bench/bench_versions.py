@@ -26,7 +26,16 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from fleetbench import REPO, bench_fleet, copies, gpurig_deploy, slowest, timed, timed_ops
+from fleetbench import (
+    REPO,
+    bench_fleet,
+    compile_sources,
+    copies,
+    gpurig_deploy,
+    slowest,
+    timed,
+    timed_ops,
+)
 
 
 def checkout(revision: str, into: Path) -> Path:
@@ -35,6 +44,7 @@ def checkout(revision: str, into: Path) -> Path:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
+    compile_sources(into)  # as `make venv` does for the working tree
     return into
 
 

@@ -46,11 +46,21 @@ class Bench:
         print(f"wrote {out}")
 
 
+def compile_sources(tree: Path = REPO) -> None:
+    """Bytecode for a tree's sources, as `make venv` makes it. Where PYTHONDONTWRITEBYTECODE
+    is set (this machine), a source edited since then would otherwise be compiled again by
+    every pyinfra process the benchmark starts: about 0.3 s of each no-change run."""
+    folders = [str(tree / d) for d in ("src", "bloomkit/src", "plugins") if (tree / d).is_dir()]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *folders], check=True)
+
+
 @contextmanager
 def bench_fleet(name: str, *, keep: bool = False) -> Iterator[Bench]:
     """A fleet in a temporary state dir (removed at the end unless `keep`), with the
-    environment every front end and `gpurig` command of the benchmark runs in."""
+    environment every front end and `gpurig` command of the benchmark runs in; the working
+    tree's sources compiled first."""
     ensure_engine()
+    compile_sources()
     state_dir = Path(tempfile.mkdtemp(prefix=f"gpurig-bench-{name}-"))
     fleet = Fleet(state_dir)
     env = {

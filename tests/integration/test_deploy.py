@@ -121,7 +121,10 @@ def dry_on_fresh(
 ) -> tuple[Deploy, int]:
     """`gpurig deploy --dry` on the fresh host, and whether /opt/gpurig exists after it."""
     dry = gpurig_deploy(bookworm, tmp_path_factory.mktemp("dry-reports"), "--dry")
-    code, _ = bookworm.ssh(bookworm.hosts[0].name, "test -e /opt/gpurig")
+    # Nothing installed, and no wheel pushed ahead of its step (a dry run executes nothing).
+    code, _ = bookworm.ssh(
+        bookworm.hosts[0].name, "test -e /opt/gpurig || test -e /var/cache/gpurig"
+    )
     return dry, code
 
 
@@ -176,6 +179,9 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     assert "dpkg lock is held by" in fresh_bookworm.output  # preflight saw it; apt waited
     assert re.search(r"host\s.*verdict", fresh_bookworm.output)  # the fleet summary
     assert "1 of 1 host(s) passed" in fresh_bookworm.output
+    # The wheels went out in the background from preflight, each hash checked on the host.
+    pushed = r"wheel push: [0-9]+ file\(s\), [0-9.,]+ MB, hashes checked, [0-9.]+ s in the back"
+    assert re.search(pushed, fresh_bookworm.output)
     # Not a terminal: one timed line per stage transition; each stage's seconds in the run file
     # and the summary's stage table (docs/deploy.md).
     stages = ["preflight", "system", "python", "llm_env", "cluster", "verify"]
@@ -220,6 +226,26 @@ def test_second_run_changes_nothing(
     # --dry names what would change: only the smoke test, which runs by design.
     changes = [ln for ln in dry.output.splitlines() if re.search(r"\s1 \(sandbox-\d+\)", ln)]
     assert [ln.strip().split("  ")[0] for ln in changes] == ["Verify | Run bloomkit smoke"]
+
+
+def test_a_large_file_changed_in_place_is_found_despite_the_digest_memo(
+    bookworm: SandboxFleet, fresh_bookworm: Deploy, tmp_path: Path
+) -> None:
+    """Root remembers large files' digests by inode, size, mtime and ctime: one byte of uv's
+    binary rewritten in place (same inode, same size) is still found and put back."""
+    host = bookworm.hosts[0].name
+    assert gpurig_deploy(bookworm, tmp_path / "a", "--skip-smoke").code == 0  # memo written
+    memo = ssh_ok(bookworm, host, "sudo -n stat -c '%a %U' /var/cache/gpurig/sha256-memo")
+    assert memo.split() == ["600", "root"]
+    size = ssh_ok(bookworm, host, "stat -c %s /usr/local/bin/uv").strip()
+    assert size in ssh_ok(bookworm, host, "sudo -n cat /var/cache/gpurig/sha256-memo")
+    flip = "printf x | dd of=/usr/local/bin/uv bs=1 seek=4096 conv=notrunc status=none"
+    ssh_ok(bookworm, host, f"sudo -n sh -c '{flip}'")
+    repaired = gpurig_deploy(bookworm, tmp_path / "b", "--skip-smoke")
+    assert repaired.code == 0
+    assert repaired.changed(host) == ["Python | Install uv"]
+    again = gpurig_deploy(bookworm, tmp_path / "c", "--skip-smoke")
+    assert again.changed(host) == []
 
 
 def test_a_host_failing_preflight_stops_with_its_reason(

@@ -151,6 +151,24 @@ def test_an_early_push_is_waited_for_and_its_failures_fail_the_operation(
     assert wheels.finish(None, fake, *finish.args) is False  # no connection to push it again
 
 
+def test_what_the_early_push_did_not_place_is_pushed_again(
+    wheel_files: list[WheelFile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    early = wheels.Push(wheel_files, "/w")
+    early.greenlet = SimpleNamespace(join=lambda: None)
+    early.done = {wheel_files[0].name: None, wheel_files[1].name: "EOFError: connection lost"}
+    pushed_again: list[str] = []
+
+    def push(transport: object, wheel: WheelFile, directory: str) -> None:
+        pushed_again.append(wheel.name)
+
+    monkeypatch.setattr(wheels, "transport_of", lambda host: object())
+    monkeypatch.setattr(wheels, "_push", push)
+    fake = SimpleNamespace(print_prefix="[host-1] ")
+    assert wheels.finish(None, fake, wheel_files, "/w", early) is True
+    assert pushed_again == [wheel_files[1].name]  # only what failed in the background
+
+
 def _receive(tmp_path: Path, wheel: WheelFile, body: bytes) -> subprocess.CompletedProcess[str]:
     script = wheels.receive(wheel, str(tmp_path / "wheels"))
     return subprocess.run(

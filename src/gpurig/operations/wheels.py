@@ -114,6 +114,8 @@ def finish(
     for wheel in wheels:
         problem = early.done.get(wheel.name, "not pushed") if early else "not pushed"
         if problem is not None and transport is not None:
+            if early is not None and wheel.name in early.done:
+                logger.warning(f"{host.print_prefix}wheel push: {wheel.name}: {problem}; again")
             problem = _push(transport, wheel, directory)
         if problem is not None:
             logger.error(f"{host.print_prefix}wheel push: {wheel.name}: {problem}")
