@@ -5,12 +5,13 @@ Small files go to coreutils' sha256sum (no library to load). Large ones go to Op
 where the binary is there (the CPU's SHA extensions: a third of sha256sum's CPU), and their
 digest is remembered in a root-only memo keyed by the file's device, inode, size, mtime and
 ctime, as git's index and gpurig.hfcache do on the controller: a no-change run on a converged
-host then reads uv's 38 MB binary, and a 7B model's 14 GB, not at all. Every write to a file
+host then does not read uv's 38 MB binary at all. Every write to a file
 moves its ctime to the current time, and nobody but root can set a ctime, so an unchanged key
 means unchanged bytes; a file changed in the last RACY_S seconds is not remembered, because a
 write in the same clock tick would leave the key as it was.
 
-The memo is a cache: it is used only by root (a check run as another user hashes every time),
+The memo is a cache: it is used only by root (a check run as another user hashes every time:
+the models' blob check, which runs as the service user, reads every model file on every run),
 only inside a folder root owns, and a missing or foreign memo only costs the hashing. It is
 emptied when it grows past MEMO_MAX_BYTES.
 """
