@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from gpurig.plan.hashing import MEMO_MAX_BYTES, MEMO_MIN_BYTES, sha256_command, sha256_function
+from gpurig.plan.hashing import (
+    MEMO_MAX_BYTES,
+    MEMO_MIN_BYTES,
+    SHA256_STDIN,
+    sha256_command,
+    sha256_function,
+)
 
 TOOLS = ["awk", "cat", "cut", "date", "sha256sum", "stat"]
 
@@ -55,6 +61,22 @@ def test_every_branch_prints_the_files_sha256(
     digest = _digest(target, memo, _bin(tmp_path, openssl))
     assert digest == hashlib.sha256(target.read_bytes()).hexdigest()
     assert memo.exists() == (size >= MEMO_MIN_BYTES)  # small files are never remembered
+
+
+@pytest.mark.parametrize("openssl", [True, False])
+def test_the_stdin_hasher_prints_the_digest_first_with_or_without_openssl(
+    tmp_path: Path, openssl: bool
+) -> None:
+    """The pushes' one-pass `tee | hasher` reads the digest as the line's first word."""
+    body = os.urandom(70_000)
+    done = subprocess.run(
+        ["/bin/sh", "-c", SHA256_STDIN],
+        input=body,
+        env={"PATH": _bin(tmp_path, openssl)},
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0].decode() == hashlib.sha256(body).hexdigest()
 
 
 def _large(tmp_path: Path) -> Path:

@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
 from gpurig.model.host import HostFacts
-from gpurig.plan.hashing import SHA256_FUNCTION, sha256_command
+from gpurig.plan.hashing import SHA256_FUNCTION, SHA256_STDIN, sha256_command
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
@@ -90,7 +90,7 @@ def receive(upload: ModelUpload, incoming: str) -> str:
     hash is the blob's name and the size is whole, a `<name>.hashed` marker says so, and the
     placing script takes the file without reading it again. It prints the hash it found."""
     header = f"printf 'blob %s\\000' {upload.size}; " if len(upload.blob) == 40 else ""
-    hashing = "sha256sum" if len(upload.blob) == 64 else "sha1sum"  # git's: header, bytes
+    hashing = SHA256_STDIN if len(upload.blob) == 64 else "sha1sum"  # git's: header, bytes
     return (
         f"umask 077; f={shlex.quote(f'{incoming}/{upload.name}')}; "
         f'h=$({{ {header}tee "$f" || rm -f "$f"; }} | {hashing}); h=${{h%% *}}; echo "$h"; '
