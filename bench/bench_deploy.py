@@ -27,7 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-from fleetbench import REPO, bench_fleet, copies, gpurig_deploy, slowest, timed, timed_ops
+from fleetbench import (
+    REPO,
+    bench_fleet,
+    copies,
+    gpurig_deploy,
+    machine_cpu_s,
+    slowest,
+    timed,
+    timed_ops,
+)
 
 from gpurig import bloomkit_wheel, lock, spec
 from gpurig.lock import _uv
@@ -134,14 +143,20 @@ def main() -> int:
         for i in range(args.pairs):
             mine, bare = hosts[2 * i], hosts[2 * i + 1]
             for turn in ("gpurig", "floor") if i % 2 == 0 else ("floor", "gpurig"):
+                # The whole machine's CPU (controller, host, engine): on 2 cores the fresh
+                # path is CPU-bound, so the CPU each side spends bounds the ratio.
+                cpu_before = machine_cpu_s()
                 if turn == "floor":
                     seconds, smoke = floor(fleet, bare, files)
                     floors.append(seconds)
                     figures.setdefault("fresh_floor_smoke_s", []).append(smoke)
-                    continue
-                seconds, ops = timed_ops("gpurig deploy", gpurig_deploy([mine.name]), env)
-                ours.append(seconds)
-                figures.setdefault("fresh_gpurig_slowest_ops_s", []).append(slowest(ops))
+                else:
+                    seconds, ops = timed_ops("gpurig deploy", gpurig_deploy([mine.name]), env)
+                    ours.append(seconds)
+                    figures.setdefault("fresh_gpurig_slowest_ops_s", []).append(slowest(ops))
+                cpu = round(machine_cpu_s() - cpu_before, 1)
+                figures.setdefault(f"fresh_{turn}_machine_cpu_s", []).append(cpu)
+                print(f"    machine CPU: {cpu} s", flush=True)
         first = hosts[0]
         figures |= {
             "fresh_gpurig_runs_s": ours,

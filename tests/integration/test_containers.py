@@ -12,7 +12,6 @@ need nvidia.github.io, which nothing here reaches: plan tests cover them
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from gpurig.sandbox.testing import SandboxFleet
-from helpers.front_ends import BIN, ansible_env
+from helpers.front_ends import BIN, Run, ansible_env, run_logged
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +30,12 @@ PLAYBOOK = REPO / "tests/integration/playbooks/containers.yml"
 HOST_NETWORK_ONLY = '{"iptables": false, "bridge": "none"}'
 
 
-def deploy(fleet: SandboxFleet, stack: Path) -> subprocess.CompletedProcess[str]:
+def deploy(fleet: SandboxFleet, stack: Path) -> Run:
     argv = [sys.executable, "-m", "pyinfra", "-y", str(fleet.inventory_path), str(STAGE)]
-    env = {**fleet.env, "GPURIG_STACK": str(stack)}
-    return subprocess.run(
-        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_logged("containers stage", argv, {**fleet.env, "GPURIG_STACK": str(stack)}, 300)
 
 
-def ansible(fleet: SandboxFleet, stack: Path) -> subprocess.CompletedProcess[str]:
+def ansible(fleet: SandboxFleet, stack: Path) -> Run:
     """The Ansible preflight and containers roles (the same plan, the other front end)."""
     argv = [str(BIN / "ansible-playbook"), "-i", str(fleet.ansible_inventory), str(PLAYBOOK)]
     env = {
@@ -47,9 +43,7 @@ def ansible(fleet: SandboxFleet, stack: Path) -> subprocess.CompletedProcess[str
         "GPURIG_STACK": str(stack),
         "GPURIG_LOCK": str(REPO / "lock"),
     }
-    return subprocess.run(
-        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_logged("containers roles", argv, env, 300)
 
 
 def test_the_engine_installs_and_answers_or_is_named(
@@ -63,8 +57,8 @@ def test_the_engine_installs_and_answers_or_is_named(
     host = fleet.hosts[0].name
 
     first = deploy(fleet, stack)
-    output = first.stdout + first.stderr
-    assert first.returncode != 0, output
+    output = first.output
+    assert first.code != 0, output[-3000:]
     assert "container engine not running: dockerd does not answer" in output, output[-3000:]
     assert "failed to create NAT chain DOCKER" in output, output[-3000:]
     assert '"iptables": false' in output  # the fix, named
@@ -78,21 +72,21 @@ def test_the_engine_installs_and_answers_or_is_named(
     config = f"echo '{HOST_NETWORK_ONLY}' | sudo tee /etc/docker/daemon.json >/dev/null"
     assert fleet.ssh(host, config)[0] == 0
     second = deploy(fleet, stack)
-    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert second.code == 0, second.output[-3000:]
     rc, version = fleet.ssh(host, "sudo docker version --format '{{.Server.Version}}'")
     assert rc == 0, version
     assert version.strip().startswith("20.10."), version
 
     third = deploy(fleet, stack)
-    again = third.stdout + third.stderr
-    assert third.returncode == 0, again[-3000:]
+    again = third.output
+    assert third.code == 0, again[-3000:]
     for step in ("Install the container engine (docker.io)", "Run the container engine"):
         assert "No changes" in again.split(step, 1)[1].split("-->", 1)[0], again[-3000:]
 
     # The Ansible roles on the same host: the same steps, found in place, nothing changed.
     played = ansible(fleet, stack)
-    recap = played.stdout + played.stderr
-    assert played.returncode == 0, recap[-3000:]
+    recap = played.output
+    assert played.code == 0, recap[-3000:]
     engine = recap.split("TASK [gpurig_containers : Run the container engine]", 1)[1]
     result = engine.split("\n", 1)[1].split("TASK [", 1)[0].strip()
     assert result.startswith("ok: ["), engine[:500]  # it ran, and found the engine in place

@@ -23,6 +23,7 @@ import yaml
 
 from gpurig import cluster
 from gpurig.sandbox.testing import SandboxFleet
+from helpers.front_ends import Run, run_logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,13 +51,6 @@ def free_ports(count: int) -> list[int]:
 
 
 @dataclass
-class Run:
-    code: int
-    output: str
-    seconds: float
-
-
-@dataclass
 class Cluster:
     fleet: SandboxFleet
     work: Path
@@ -74,21 +68,7 @@ class Cluster:
         return env
 
     def run(self, *argv: str, timeout: float = RUN_TIMEOUT_S) -> Run:
-        began = time.monotonic()
-        done = subprocess.run(
-            list(argv),
-            cwd=REPO_ROOT,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        seconds = time.monotonic() - began
-        output = done.stdout + done.stderr
-        print(f"\n--- {' '.join(argv[1:4])}...: exit {done.returncode} in {seconds:.1f} s")
-        print(output[-5000:])
-        return Run(done.returncode, output, seconds)
+        return run_logged(" ".join(argv[1:4]) + "...", list(argv), self.env(), timeout)
 
     def gpurig(self, *argv: str, timeout: float = RUN_TIMEOUT_S) -> Run:
         return self.run(sys.executable, "-m", "gpurig.cli", *argv, timeout=timeout)
@@ -113,7 +93,7 @@ def three(sandbox_fleet: Callable[..., SandboxFleet], tmp_path_factory: pytest.T
     pair, trio = work / "pair.py", work / "trio.py"
     pair.write_text(INVENTORY.format(name="pair", port=pair_port, count=2))
     trio.write_text(INVENTORY.format(name="trio", port=trio_port, count=3))
-    setup = Cluster(fleet, work, pair, trio, Run(0, "", 0))
+    setup = Cluster(fleet, work, pair, trio, Run("", 0, "", 0))
     # The full deploy (deploy/gpu.py, its cluster stage included), without the per-host smoke.
     setup.deploy = setup.gpurig(
         "deploy", "--inventory", str(pair), "--skip-smoke", timeout=DEPLOY_TIMEOUT_S
