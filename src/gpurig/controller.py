@@ -8,14 +8,12 @@ pushes, the offline wheelhouse); the plan itself (gpurig.plan) stays pure.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gpurig import bloomkit_wheel, hfcache, loading, overrides, plan, wheelhouse
+from gpurig import bloomkit_wheel, digests, hfcache, loading, overrides, plan, wheelhouse
 from gpurig.bloomkit_wheel import Wheel
 from gpurig.errors import GpurigError, UsageError
 from gpurig.facts import hub
@@ -27,19 +25,9 @@ from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
 
-@cache
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    """A controller file's sha256, once per process and version of the file (every host asks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_sha256(path: Path | str) -> str:
-    stat = Path(path).stat()
-    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+    """A controller file's sha256, hashed once per version of the file (gpurig.digests)."""
+    return digests.file_digest(path)
 
 
 @dataclass(frozen=True)

@@ -3,26 +3,20 @@
 Read where huggingface_hub reads it (HF_HUB_CACHE, else HF_HOME/hub, else
 ~/.cache/huggingface/hub). Every file of a snapshot is checked against its blob name before
 anything is pushed (sha256 for LFS files, git's blob sha1 for small ones): a corrupt controller
-copy is named here, not after the transfer. A file is hashed once per version: the digest is
-kept in $XDG_CACHE_HOME/gpurig/verified-blobs.json with the file's device, inode, size, mtime
-and ctime (any write changes the ctime), so a no-change run with a 14 GB model does not read
-14 GB. This check only names a bad copy early; the host still hashes every byte it receives.
+copy is named here, not after the transfer. A file is hashed once per version (gpurig.digests:
+the digest is kept with the file's identity), so a no-change run with a 14 GB model does not
+read 14 GB. This check only names a bad copy early; the host still hashes every byte it receives.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from functools import cache
 from pathlib import Path
 
-from gpurig import atomic
+from gpurig import digests
 from gpurig.errors import UsageError
 from gpurig.hostlayout import model_dir
 from gpurig.plan.models import ModelFile, PushedModel
-from gpurig.sandbox.paths import cache_home
 
 
 def cache_dir() -> Path:
@@ -33,68 +27,11 @@ def cache_dir() -> Path:
     return Path(home) / "hub"
 
 
-# A file changed this recently is hashed again next time: timestamps are only as fine as the
-# kernel's clock tick, so a write right after the hash could leave the identity unchanged.
-RACY_S = 2.0
-
-
-def verified_file() -> Path:
-    return cache_home() / "verified-blobs.json"
-
-
-@cache
-def _verified() -> dict[str, list[str]]:
-    """ "<algorithm>:<path>" -> [the file's identity when hashed, its digest]."""
-    try:
-        table = json.loads(verified_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return table if isinstance(table, dict) else {}
-
-
-def _identity(stat: os.stat_result) -> str:
-    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
-
-
-def _remember(key: str, identity: str, digest: str) -> None:
-    """Into the table on disk, merged with what other processes wrote meanwhile; a cache, so
-    a write that fails costs a later hash, never a wrong answer."""
-    table = _verified()
-    table[key] = [identity, digest]
-    try:
-        on_disk = json.loads(verified_file().read_text())
-    except (OSError, ValueError):
-        on_disk = {}
-    merged = {**(on_disk if isinstance(on_disk, dict) else {}), key: [identity, digest]}
-    try:
-        verified_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(verified_file(), json.dumps(merged, sort_keys=True), mode=0o600)
-    except OSError:
-        pass
-
-
-def _hash(path: Path, git: bool) -> str:
-    stat = path.stat()
-    key, identity = f"{'sha1' if git else 'sha256'}:{path}", _identity(stat)
-    known = _verified().get(key)
-    if isinstance(known, list) and len(known) == 2 and known[0] == identity:
-        return str(known[1])
-    digest = hashlib.sha1() if git else hashlib.sha256()
-    if git:  # what `git hash-object` hashes: a header, then the bytes
-        digest.update(f"blob {stat.st_size}\0".encode())
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if time.time() - stat.st_ctime > RACY_S:  # else a write in the same clock tick could hide
-        _remember(key, identity, digest.hexdigest())
-    return digest.hexdigest()
-
-
 def blob_matches(path: Path, blob: str) -> bool:
     """Is the file's content the blob `blob` (its name in the cache)?"""
     if len(blob) not in (40, 64):
         return False
-    return _hash(path, len(blob) == 40) == blob
+    return digests.file_digest(path, git=len(blob) == 40) == blob
 
 
 def snapshot(repo: str, revision: str, hub: Path | None = None) -> PushedModel:

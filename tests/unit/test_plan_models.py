@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpurig import hfcache, spec
+from gpurig import digests, hfcache, spec
 from gpurig.errors import UsageError
 from gpurig.hostlayout import model_dir
 from gpurig.plan import models
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def own_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """hfcache's table of verified blobs goes to the test's folder, not the user's cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    hfcache._verified.cache_clear()
+    digests.forget()
 
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as the service user")
@@ -298,25 +298,30 @@ def test_a_controller_blob_is_hashed_once_per_version(
 ) -> None:
     """Runs after the first read the verified digest, not the file; any write to the file
     (a new ctime) makes the next run hash it again."""
-    hfcache._verified.cache_clear()
-    blob = tmp_path / "blob"
-    blob.write_bytes(b"weights" * 1000)
-    name = hashlib.sha256(blob.read_bytes()).hexdigest()
-    assert hfcache.blob_matches(blob, name)
-    assert not hfcache.verified_file().exists()  # written a moment ago: not remembered yet
-    monkeypatch.setattr(hfcache, "RACY_S", -1.0)
-    assert hfcache.blob_matches(blob, name)
-    assert hfcache.verified_file().stat().st_mode & 0o777 == 0o600
-    hfcache._verified.cache_clear()  # a later run: only the table on disk is known
 
     def no_hashing(*args: object) -> None:
         raise AssertionError("hashed again")
 
+    digests.forget()
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"weights" * 1000)
+    name = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert hfcache.blob_matches(blob, name)
+    assert not digests.verified_file().exists()  # written a moment ago: not remembered yet
+    with monkeypatch.context() as patch:  # the same run asks again: not hashed again
+        patch.setattr(digests.hashlib, "sha256", no_hashing)
+        assert hfcache.blob_matches(blob, name)
+    assert not digests.verified_file().exists()
+    digests.forget()  # a later run, past the racy window
+    monkeypatch.setattr(digests, "RACY_S", -1.0)
+    assert hfcache.blob_matches(blob, name)
+    assert digests.verified_file().stat().st_mode & 0o777 == 0o600
+    digests.forget()  # a later run: only the table on disk is known
     with monkeypatch.context() as patch:
-        patch.setattr(hfcache.hashlib, "sha256", no_hashing)
+        patch.setattr(digests.hashlib, "sha256", no_hashing)
         assert hfcache.blob_matches(blob, name)
     time.sleep(0.05)  # past the clock tick of the first write
     blob.write_bytes(b"weightz" * 1000)  # same size, new bytes
-    hfcache._verified.cache_clear()
+    digests.forget()
     assert not hfcache.blob_matches(blob, name)
-    hfcache._verified.cache_clear()
+    digests.forget()
