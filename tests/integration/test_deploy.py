@@ -205,6 +205,12 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     assert who.split() == [f"{LINK}/bin/python", f"{LINK}/bin/bloomkit"]
     denied = bookworm.ssh(host, f"sudo -n -u gpurig touch {target}/bin/x")
     assert denied[0] != 0  # the venv is root's, read-only to the service user
+    # Root wrote the bytecode of what the smoke imports beside it (bloomkit.warm), once for
+    # this venv, readable by the service user, and left nothing in /tmp.
+    ssh_ok(bookworm, host, f"test -f {target}/.gpurig-smoke-warm")
+    pyc = "find {}/lib -path '*/sympy/core/__pycache__/*.pyc' -user root -perm -0444"
+    assert ssh_ok(bookworm, host, pyc.format(target)).strip()
+    assert ssh_ok(bookworm, host, "sudo -n find /tmp -maxdepth 1 -user root -name 'tmp.*'").strip() == ""
     ssh_ok(bookworm, host, "test -s /usr/local/share/ca-certificates/gpurig-ca.crt")
     # Root and the service user read the environment file; the SSH user may not (0640).
     ssh_ok(bookworm, host, "sudo grep -q '^SSL_CERT_FILE=' /etc/gpurig/environment")
