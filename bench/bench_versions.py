@@ -2,12 +2,16 @@
 change's effect is measured under the same load (this machine is shared):
 
 1. fresh host to green smoke, `--pairs` pairs in turns (before, after; then after, before...);
-2. no-change re-runs (`--skip-smoke`) of one converged host, the two versions in turns;
-3. with `--fleet N`, no-change re-runs of N hosts too (the converged host and N-1 copies of it,
-   as bench_fleet makes them), in the same turns: each version's N-host/1-host ratio.
+2. no-change re-runs (`--skip-smoke`) of one converged host, the two versions in turns, each
+   on the host it deployed (the versions' bloomkit wheels may differ: on one host every run
+   would swap venvs);
+3. with `--fleet N`, no-change re-runs of N hosts too (each version's host and N-1 copies of
+   it, as bench_fleet makes them), in the same turns: each version's N-host/1-host ratio;
+4. with `--redeploys R`, R re-deploys with the smoke test (what `gpurig deploy` does on a
+   converged host by default), in turns: the whole run and the smoke's seconds.
 
     .venv/bin/python bench/bench_versions.py --before REV [--pairs 2] [--runs 5] [--fleet N]
-        [--out FILE]
+        [--redeploys R] [--out FILE]
 
 `--before` is a git revision of this repository: `git archive` puts its tree in a temporary
 folder, whose src/ goes first on PYTHONPATH for its runs (the same venv, so the same pyinfra).
@@ -54,10 +58,11 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=2, help="fresh deploys of each version")
     parser.add_argument("--runs", type=int, default=5, help="no-change runs of each version")
     parser.add_argument("--fleet", type=int, default=0, help="hosts of a no-change fleet run")
+    parser.add_argument("--redeploys", type=int, default=0, help="re-deploys with the smoke")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-versions.json")
     args = parser.parse_args()
     if args.pairs < 1:
-        parser.error("--pairs must be at least 1: the no-change runs use the first deployed host")
+        parser.error("--pairs must be at least 1: the later runs use the first pair's hosts")
     with bench_fleet("versions") as bench, tempfile.TemporaryDirectory() as tmp:
         old = checkout(args.before, Path(tmp))
         env = bench.env
@@ -75,29 +80,43 @@ def main() -> int:
                 seconds, ops = timed_ops(f"fresh, {version}", command, version_env, cwd=tree)
                 fresh[version].append(seconds)
                 figures.setdefault(f"fresh_{version}_slowest_ops_s", []).append(slowest(ops))
-        fleet = [hosts[0].name]
+        own = {"before": hosts[0], "after": hosts[1]}  # pair 0: each version's own host
+        fleets = {version: [host.name] for version, host in own.items()}
         if args.fleet > 1:
-            fleet += [h.name for h in copies(bench, hosts[0], args.fleet - 1)]
+            for version, host in own.items():
+                fleets[version] += [h.name for h in copies(bench, host, args.fleet - 1)]
         rerun: dict[str, list[float]] = {"before": [], "after": []}
         rerun_fleet: dict[str, list[float]] = {"before": [], "after": []}
         for i in range(args.runs):
             for version in ("before", "after") if i % 2 == 0 else ("after", "before"):
                 tree, version_env = versions[version]
-                command = gpurig_deploy([hosts[0].name], "--skip-smoke")
+                command = gpurig_deploy([own[version].name], "--skip-smoke")
                 rerun[version].append(
                     timed(f"no change, {version}", command, version_env, cwd=tree)
                 )
-                if len(fleet) > 1:
-                    label = f"no change, {len(fleet)} hosts, {version}"
-                    command = gpurig_deploy(fleet, "--skip-smoke")
+                if args.fleet > 1:
+                    label = f"no change, {args.fleet} hosts, {version}"
+                    command = gpurig_deploy(fleets[version], "--skip-smoke")
                     rerun_fleet[version].append(timed(label, command, version_env, cwd=tree))
+        redeploy: dict[str, list[float]] = {"before": [], "after": []}
+        smoke: dict[str, list[float]] = {"before": [], "after": []}
+        for i in range(args.redeploys):
+            for version in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                tree, version_env = versions[version]
+                command = gpurig_deploy([own[version].name])
+                label = f"re-deploy with the smoke, {version}"
+                seconds, ops = timed_ops(label, command, version_env, cwd=tree)
+                redeploy[version].append(seconds)
+                smoke[version].append(next(s for op, s in ops.items() if "bloomkit smoke" in op))
         runs_by_name = [("fresh", fresh), ("rerun", rerun)]
-        if len(fleet) > 1:
-            runs_by_name.append((f"rerun_{len(fleet)}_hosts", rerun_fleet))
+        if args.redeploys:
+            runs_by_name += [("redeploy", redeploy), ("redeploy_smoke", smoke)]
+        if args.fleet > 1:
+            runs_by_name.append((f"rerun_{args.fleet}_hosts", rerun_fleet))
             for version in ("before", "after"):
                 one = statistics.median(rerun[version])
                 many = statistics.median(rerun_fleet[version])
-                figures[f"rerun_{len(fleet)}_over_1_{version}"] = many / one
+                figures[f"rerun_{args.fleet}_over_1_{version}"] = many / one
         for name, runs in runs_by_name:
             figures[f"{name}_runs_s"] = runs
             before, after = statistics.median(runs["before"]), statistics.median(runs["after"])
