@@ -210,7 +210,8 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     ssh_ok(bookworm, host, f"test -f {target}/.gpurig-smoke-warm")
     pyc = "find {}/lib -path '*/sympy/core/__pycache__/*.pyc' -user root -perm -0444"
     assert ssh_ok(bookworm, host, pyc.format(target)).strip()
-    assert ssh_ok(bookworm, host, "sudo -n find /tmp -maxdepth 1 -user root -name 'tmp.*'").strip() == ""
+    left = ssh_ok(bookworm, host, "sudo -n find /tmp -maxdepth 1 -user root -name 'tmp.*'")
+    assert left.strip() == ""
     ssh_ok(bookworm, host, "test -s /usr/local/share/ca-certificates/gpurig-ca.crt")
     # Root and the service user read the environment file; the SSH user may not (0640).
     ssh_ok(bookworm, host, "sudo grep -q '^SSL_CERT_FILE=' /etc/gpurig/environment")
