@@ -25,11 +25,6 @@ from gpurig.preflight import Verdict
 from gpurig.spec import Stack
 
 
-def file_sha256(path: Path | str) -> str:
-    """A controller file's sha256, hashed once per version of the file (gpurig.digests)."""
-    return digests.file_digest(path)
-
-
 @dataclass(frozen=True)
 class Controller:
     stack_path: Path
@@ -64,8 +59,8 @@ class Controller:
         ca = stack.network.ca_bundle
         return ControllerFiles(
             wheel=self.wheel,
-            uv=(uv, file_sha256(uv)),
-            ca_sha256=file_sha256(ca) if ca else None,
+            uv=(uv, digests.file_digest(uv)),
+            ca_sha256=digests.file_digest(ca) if ca else None,
             requirements=self.lock.requirements(target).read_text(),
             wheels=wheelhouse.host_wheels(stack, self.lock, target, self.wheel),
             models=[hfcache.snapshot(m.repo, m.revision) for m in pushed(stack, facts)],

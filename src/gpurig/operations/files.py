@@ -12,7 +12,7 @@ from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from gpurig.controller import file_sha256
+from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
 
 
@@ -33,7 +33,7 @@ def installed(
     """
     current = host.get_fact(FileState, path=dest)
     digest = sha256 or (
-        file_sha256(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
+        file_digest(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
     )
     new_content = current is None or current.sha256 != digest
     commands: list[Any] = []

@@ -4,7 +4,7 @@ calls (the probe of what is in place, the models' blob check, the file fact).
 Small files go to coreutils' sha256sum (no library to load). Large ones go to OpenSSL's digest
 where the binary is there (the CPU's SHA extensions: a third of sha256sum's CPU), and their
 digest is remembered in a root-only memo keyed by the file's device, inode, size, mtime and
-ctime, as git's index and gpurig.hfcache do on the controller: a no-change run on a converged
+ctime, as git's index and gpurig.digests do on the controller: a no-change run on a converged
 host then does not read uv's 38 MB binary at all. Every write to a file
 moves its ctime to the current time, and nobody but root can set a ctime, so an unchanged key
 means unchanged bytes; a file changed in the last RACY_S seconds is not remembered, because a
@@ -23,6 +23,14 @@ from gpurig.hostlayout import DIGEST_MEMO
 MEMO_MIN_BYTES = 1 << 20  # below this, stat plus a lookup costs what hashing does
 MEMO_MAX_BYTES = 256 << 10  # about 2,000 files
 RACY_S = 2
+
+# stdin's sha256 as the first word of one line, for a pipeline that writes and hashes the same
+# bytes (the pushed wheels and model files), and the large files' branch of gpurig_sha256:
+# OpenSSL's digest where it is there (190 MB of torch's wheel: 0.13 CPU-s against sha256sum's
+# 0.55 here).
+SHA256_STDIN = (
+    "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi"
+)
 
 # $1: the file (a regular file: callers test that). Prints its hex digest, one line; fails
 # when the file cannot be read. Variables are prefixed: POSIX sh has no locals.
@@ -43,8 +51,7 @@ _FUNCTION = r"""gpurig_sha256() {
       case $_gs_d in *[!0-9a-f]*) ;; *) echo "$_gs_d"; return 0 ;; esac ;;
     esac
   fi
-  if command -v openssl >/dev/null 2>&1; then _gs_d=$(openssl dgst -sha256 -r < "$1")
-  else _gs_d=$(sha256sum < "$1"); fi || return 1
+  _gs_d=$(__STDIN__ < "$1") || return 1
   _gs_d=${_gs_d%% *}
   echo "$_gs_d"
   _gs_c=${_gs_k#* }; _gs_c=${_gs_c%% *}
@@ -66,18 +73,11 @@ def sha256_function(memo: str = DIGEST_MEMO, racy_s: int = RACY_S) -> str:
         .replace("__MIN__", str(MEMO_MIN_BYTES))
         .replace("__MAX__", str(MEMO_MAX_BYTES))
         .replace("__RACY__", str(racy_s))
+        .replace("__STDIN__", SHA256_STDIN)
     )
 
 
 SHA256_FUNCTION = sha256_function()
-
-
-# stdin's sha256 as the first word of one line, for a pipeline that writes and hashes the same
-# bytes (the pushed wheels and model files): OpenSSL's digest where it is there, for the same
-# reason as above (190 MB of torch's wheel: 0.13 CPU-s against sha256sum's 0.55 here).
-SHA256_STDIN = (
-    "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi"
-)
 
 
 def sha256_command(quoted_path: str) -> str:
