@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from gpurig.plan import smoke as plan_smoke
 from gpurig.plan.steps import Script, Smoke, Venv, WheelFile
 from gpurig.plan.venv import marker_json
 from gpurig.spec import Stack
+from helpers.fake_ssh import FakeTransport
 
 
 @dataclass
@@ -431,6 +433,57 @@ def test_installed_file_uploads_and_runs_its_follow_up() -> None:
         "chown root:root /usr/local/x.crt",
         "update",
     ]
+
+
+def test_over_ssh_a_new_file_is_streamed_in_one_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(files, "transport_of", lambda host: object())
+    commands, _ = run_op(
+        files.installed, {FileState: None}, src=b"CA", dest="/usr/local/x.crt", then="update"
+    )
+    assert isinstance(commands[0], FunctionCommand)
+    digest = hashlib.sha256(b"CA").hexdigest()
+    assert commands[0].args == (b"CA", "/usr/local/x.crt", "644", "root:root", digest)
+    assert commands[1:] == ["update"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the receiving script chowns, as root")
+def test_a_streamed_file_replaces_its_destination_whole_and_only_with_its_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "transport_of", lambda host: FakeTransport())
+    fake = SimpleNamespace(print_prefix="[host-1] ")
+    dest = tmp_path / "etc" / "gpurig" / "environment"
+    body = b"HF_HOME=/var/cache/gpurig/huggingface\n"
+    digest = hashlib.sha256(body).hexdigest()
+    assert files.put(None, fake, body, str(dest), "0600", "root:root", digest) is True
+    assert dest.read_bytes() == body
+    assert oct(dest.stat().st_mode & 0o777) == "0o600"
+    # A wrong hash (bytes lost on the way) leaves the old file and no temporary one.
+    assert files.put(None, fake, b"HF_HOME=/x\n", str(dest), "0644", "root:root", digest) is False
+    assert dest.read_bytes() == body
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["environment"]
+    # A link at the destination is replaced by the file, not written through.
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert files.put(None, fake, body, str(link), "0644", "root:root", digest) is True
+    assert not link.is_symlink()
+    assert link.read_bytes() == body
+    assert target.read_bytes() == b"keep\n"
+    # A folder of that name is never written into.
+    (tmp_path / "folder").mkdir()
+    assert (
+        files.put(None, fake, body, str(tmp_path / "folder"), "0644", "root:root", digest) is False
+    )
+    assert list((tmp_path / "folder").iterdir()) == []
+    # A controller file goes the same way (uv's binary, the CA bundle).
+    src = tmp_path / "uv"
+    src.write_bytes(body)
+    assert files.put(None, fake, src, str(tmp_path / "bin" / "uv"), "0755", "root:root", digest)
+    assert oct((tmp_path / "bin" / "uv").stat().st_mode & 0o777) == "0o755"
 
 
 def test_installed_file_fixes_only_the_mode_without_the_follow_up() -> None:

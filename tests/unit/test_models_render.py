@@ -4,9 +4,7 @@ out), the Ansible tasks' conditions, and the smoke test reading a listed model o
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from gpurig import spec
 from gpurig.operations import models as models_op
 from gpurig.plan import converged, models, smoke
 from gpurig.plan.models import ModelFile, ModelUpload, PushedModel
+from helpers.fake_ssh import FakeTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_TASKS = REPO_ROOT / "roles/gpurig_llm_env/tasks/main.yml"
@@ -103,41 +102,6 @@ def test_smoke_reads_a_listed_model_offline() -> None:
     assert "HF_HUB_OFFLINE=1 bloomkit smoke" in listed.command
     other = smoke.step(_stack(smoke={"model": "org/other"}), has_gpu=False)
     assert "HF_HUB_OFFLINE=1 bloomkit smoke" not in other.command  # the warm-up is always offline
-
-
-class FakeChannel:
-    """An exec channel whose command runs here, as root, on the bytes sent to it."""
-
-    def __init__(self) -> None:
-        self.command, self.sent, self.done = "", b"", None  # type: str, bytes, Any
-
-    def exec_command(self, command: str) -> None:
-        self.command = command
-
-    def sendall(self, data: bytes) -> None:
-        self.sent += data
-
-    def shutdown_write(self) -> None:
-        self.done = subprocess.run(
-            ["/bin/sh", "-c", self.command], input=self.sent, capture_output=True, timeout=60
-        )
-
-    def makefile(self, _: str) -> io.BytesIO:
-        return io.BytesIO(self.done.stdout)
-
-    def makefile_stderr(self, _: str) -> io.BytesIO:
-        return io.BytesIO(self.done.stderr)
-
-    def recv_exit_status(self) -> int:
-        return int(self.done.returncode)
-
-    def close(self) -> None:
-        pass
-
-
-class FakeTransport:
-    def open_session(self) -> FakeChannel:
-        return FakeChannel()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the receiving script runs as root")

@@ -5,6 +5,7 @@ folder the SSH user can write."""
 
 from __future__ import annotations
 
+import io
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -29,17 +30,17 @@ def transport_of(host: Any) -> Transport | None:
 
 def stream(
     transport: Transport,
-    src: str,
+    src: str | bytes,
     script: str,
     report: Callable[[int], None] | None = None,
 ) -> tuple[int, str, str]:
-    """`src`'s bytes into `script`'s stdin (run as root); its exit status, stdout and stderr.
-    `report(bytes sent)` after each block."""
+    """`src`'s bytes (a controller file's path, or the bytes themselves) into `script`'s stdin
+    (run as root); its exit status, stdout and stderr. `report(bytes sent)` after each block."""
     channel = transport.open_session()
     try:
         channel.exec_command(as_root(script))
         done = 0
-        with open(src, "rb") as source:
+        with open(src, "rb") if isinstance(src, str) else io.BytesIO(src) as source:
             while block := source.read(BLOCK_BYTES):
                 channel.sendall(block)
                 done += len(block)
