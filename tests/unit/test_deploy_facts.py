@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gpurig.facts import preflight_probe
 from gpurig.facts.system import (
     FileSizes,
     FileState,
@@ -113,3 +114,32 @@ def test_file_sizes(tmp_path: Path) -> None:
     fact = FileSizes()
     assert fact.process(shell(fact.command(directory=str(tmp_path)))) == {"x.whl": 5}
     assert fact.process(shell(fact.command(directory=str(tmp_path / "missing")))) == {}
+
+
+def _tool(folder: Path, name: str, body: str) -> None:
+    (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+    (folder / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("sudo_works", [True, False])
+def test_preflight_asks_sudo_once_for_both_the_test_and_the_kernel_log(
+    tmp_path: Path, sudo_works: bool
+) -> None:
+    """One sudo answers whether the user has a passwordless root shell and reads the driver's
+    kernel log lines (Debian's dmesg_restrict); without it, the user's own dmesg is tried."""
+    calls = tmp_path / "sudo-calls"
+    _tool(tmp_path, "dmesg", 'echo "[ 1.5] NVRM: loading 550.54.14"; echo "[ 2.0] eth0: up"')
+    if sudo_works:
+        _tool(tmp_path, "sudo", f'echo "$*" >> {calls}; [ "$1" = -n ] && shift; exec "$@"')
+    else:
+        _tool(tmp_path, "sudo", f'echo "$*" >> {calls}; echo "a password is required" >&2; exit 1')
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    script = preflight_probe.script("/opt/no/such/venv")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    probed = preflight_probe.parse(out.stdout.splitlines())
+    assert probed.facts.sudo is sudo_works
+    assert probed.gpu.kernel_log == ["[ 1.5] NVRM: loading 550.54.14"]
+    asked = calls.read_text().splitlines()
+    assert len(asked) == 1  # without sudo, the log came from this user's own dmesg
+    assert asked[0].startswith("-n /bin/sh -c ")

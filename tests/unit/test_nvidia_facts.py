@@ -188,6 +188,30 @@ def test_the_script_runs_under_sh_on_this_machine() -> None:
     assert state.gpus == []  # no GPU on the build machines
 
 
+def test_without_lspci_the_script_reads_each_pci_device_from_sysfs(tmp_path: Path) -> None:
+    """The sysfs walk (a host without pciutils), over a copy of its layout: the NVIDIA display
+    controller is found among other vendors' devices and an unreadable one."""
+    devices = tmp_path / "devices"
+    for slot, vendor, cls, device in [
+        ("0000:00:01.0", "0x8086", "0x060000", "0x1237"),
+        ("0000:17:00.0", "0x10de", "0x030200", "0x2330"),
+        ("0000:18:00.0", None, "0x020000", "0x1000"),
+    ]:
+        folder = devices / slot
+        folder.mkdir(parents=True)
+        if vendor:
+            (folder / "vendor").write_text(vendor + "\n")
+        (folder / "class").write_text(cls + "\n")
+        (folder / "device").write_text(device + "\n")
+    script = GpuHost().command().replace("/sys/bus/pci/devices", str(devices))
+    script = script.replace("command -v lspci", "false")
+    run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    state = GpuHost().process(run.stdout.splitlines())
+    assert state.pci_source == "sysfs"
+    assert [g.slot for g in state.gpus] == ["0000:17:00.0"]
+
+
 def test_the_script_finds_the_sandbox_gpu_double(tmp_path: Path) -> None:
     """The fake lspci a `--pretend-gpu` sandbox host gets, found first on PATH."""
     fake = tmp_path / "lspci"

@@ -133,6 +133,30 @@ def test_wheels_of_the_right_size_are_present(tmp_path: Path) -> None:
     assert run([Wheels("l.wheels", "Wheels", str(tmp_path), [short])]) == []
 
 
+def test_files_and_folders_are_probed_together_each_judged_by_its_own_path(
+    tmp_path: Path,
+) -> None:
+    """One stat and one sha256sum for them all; paths with spaces stay whole."""
+    spaced = tmp_path / "a b"
+    spaced.mkdir()
+    spaced.chmod(0o755)
+    good, wrong = spaced / "env file", tmp_path / "profile"
+    for path in (good, wrong):
+        path.write_text("a=1\n")
+        path.chmod(0o640)
+    gone = File.absent("s.gone", "No proxy", str(tmp_path / "nothing here"))
+    steps: list[Step] = [
+        File.text("s.good", "A", str(good), "a=1\n", mode="0640", owner=OWNER, group=GROUP),
+        File.text("s.wrong", "B", str(wrong), "a=2\n", mode="0640", owner=OWNER, group=GROUP),
+        gone,
+        Directories("s.dirs", "Folders", paths=[str(spaced)], owner=OWNER, group=GROUP),
+    ]
+    assert run(steps) == ["s.good", "s.gone", "s.dirs"]
+    script = shlex.split(converged.probe_command(steps, []))[2]
+    assert script.count("stat -c 'stat ") == script.count("stat -c 'dir ") == 1
+    assert script.count("sha256sum --") == 1
+
+
 def test_hostile_paths_stay_arguments(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     evil = File.text("s.file", "A file", f"{tmp_path}/x; touch {marker}", "a\n")

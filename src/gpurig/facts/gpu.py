@@ -56,6 +56,8 @@ SMI_FIELDS = "pci.bus_id,name,driver_version,compute_cap"
 # Files the driver stage writes: their sha256 tells it what to rewrite.
 MANAGED_FILES = (NOUVEAU_CONF, UNATTENDED_CONF, PERSISTENCED_DROPIN, NONFREE_LIST)
 
+# The kernel log's lines that tell a driver's story, as a filter of `dmesg`.
+KLOG_FILTER = "grep -aiE 'nvrm|nvidia|nouveau|key was rejected|unsigned module' | tail -n 40"
 # Everything is read without sudo except the kernel log (dmesg_restrict): `sudo -n` or nothing.
 SCRIPT = r"""
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"  # dkms, modinfo, lspci: not on a user's PATH
@@ -65,12 +67,14 @@ if command -v lspci >/dev/null 2>&1; then
 else
   echo sysfs
   for d in /sys/bus/pci/devices/*; do
-    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x__VENDOR__ ] || continue
+    v=; read -r v 2>/dev/null < "$d/vendor"  # a builtin: a server has a hundred devices
+    [ "$v" = 0x__VENDOR__ ] || continue
     echo "${d##*/} \"$(cut -c3-6 "$d/class")\" \"__VENDOR__\" \"$(cut -c3- "$d/device")\""
   done
 fi
 echo @@driver
-cat /proc/driver/nvidia/version 2>/dev/null || sed 's/^/Kernel Module /' /sys/module/nvidia/version 2>/dev/null
+if [ -r /proc/driver/nvidia/version ]; then cat /proc/driver/nvidia/version
+elif [ -r /sys/module/nvidia/version ]; then sed 's/^/Kernel Module /' /sys/module/nvidia/version; fi
 echo @@smi
 if command -v nvidia-smi >/dev/null 2>&1; then
   out=$(timeout 30 nvidia-smi --query-gpu=__SMI__ --format=csv,noheader 2>&1); rc=$?
@@ -90,11 +94,11 @@ else
 fi
 # /sys/module/NAME exists while module NAME is loaded (the same list as /proc/modules).
 echo @@modules
-ls /sys/module 2>/dev/null | grep -E '^(nvidia|nouveau)'
+for m in /sys/module/nvidia* /sys/module/nouveau*; do [ -e "$m" ] && echo "${m##*/}"; done
 echo @@kernel
-uname -r
-[ -e "/lib/modules/$(uname -r)/build" ] && echo headers
-echo "module=$(modinfo -F version nvidia 2>/dev/null | head -n 1)"
+r=$(uname -r); echo "$r"
+[ -e "/lib/modules/$r/build" ] && echo headers
+set -- $(modinfo -F version nvidia 2>/dev/null); echo "module=${1:-}"
 echo @@packages
 dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\n' 2>/dev/null | awk -F'|' '$2 ~ /__PACKAGES__/'
 echo @@dkms
@@ -104,7 +108,9 @@ if [ -f __MOK__ ] && command -v mokutil >/dev/null 2>&1; then
   mokutil --test-key __MOK__ 2>&1 | head -n 1
 fi
 echo @@log
-{ dmesg 2>/dev/null || sudo -n dmesg 2>/dev/null; } | grep -aiE 'nvrm|nvidia|nouveau|key was rejected|unsigned module' | tail -n 40
+# Read already, as root, where preflight's probe made its one sudo (gpurig.facts.preflight_probe)
+if [ -n "${_gpurig_klog+x}" ]; then [ -z "$_gpurig_klog" ] || printf '%s\n' "$_gpurig_klog"
+else { dmesg 2>/dev/null || sudo -n dmesg 2>/dev/null; } | __KLOG__; fi
 echo @@blacklist
 grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf /lib/modprobe.d/*.conf /usr/lib/modprobe.d/*.conf
 echo @@files
@@ -305,6 +311,7 @@ class GpuHost(FactBase[GpuState]):
             .replace("__FILES__", " ".join(MANAGED_FILES))
             .replace("__MOK__", DKMS_MOK)
             .replace("__VM_STANDIN__", VM_STANDIN_MARKER)
+            .replace("__KLOG__", KLOG_FILTER)
         )
 
     @staticmethod

@@ -8,6 +8,7 @@ trip instead of three is what a fleet's no-change run saves on every host.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,22 @@ from pyinfra.facts.apt import AptSources
 from gpurig.facts import gpu
 from gpurig.facts.system import HostProbe, Probe, to_host_facts
 from gpurig.model.host import GpuState, HostFacts
+
+# One sudo for two answers (each sudo is a PAM session and a journal entry on every host of
+# every run): whether the SSH user runs a root shell without a password, as every step after
+# preflight does (pyinfra's `sudo -n sh -c`), and the kernel log's driver lines, which Debian
+# keeps from other users (dmesg_restrict). The system and GPU probes read the answers from
+# _gpurig_sudo and _gpurig_klog instead of asking again.
+SUDO_AND_KERNEL_LOG = (
+    "_gpurig_sudo=0\n"
+    "if command -v sudo >/dev/null 2>&1 && _gpurig_klog=$(sudo -n /bin/sh -c "
+    + shlex.quote(f"echo gpurig-root; dmesg 2>/dev/null | {gpu.KLOG_FILTER}")
+    + " 2>/dev/null); then\n"
+    "  case $_gpurig_klog in gpurig-root*) _gpurig_sudo=1 ;; esac\n"
+    "fi\n"
+    'if [ "$_gpurig_sudo" = 1 ]; then _gpurig_klog=${_gpurig_klog#gpurig-root}; '
+    "_gpurig_klog=${_gpurig_klog#?}; else unset _gpurig_klog; fi"
+)
 
 # Section headers between the three probes' outputs.
 GPU_SECTION = "@@gpurig-gpu-fact"
@@ -32,6 +49,7 @@ def script(venv: str, hub: str = "") -> str:
     gpus = gpu.GpuHost().command().strip()
     sources = AptSources().command().strip()
     return (
+        f"{SUDO_AND_KERNEL_LOG}\n"
         f"(\n{system}\n) || exit $?\necho {GPU_SECTION}\n(\n{gpus}\n) || exit $?\n"
         f"echo {SOURCES_SECTION}\n{sources} 2>/dev/null\ntrue"
     )

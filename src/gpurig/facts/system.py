@@ -30,23 +30,29 @@ if command -v python3 >/dev/null 2>&1; then
   # "Python 3.11.2": -V prints before the interpreter starts (a tenth of -c's CPU)
   v=$(python3 -V 2>&1); v=${v#Python }; echo "python3=${v%.*}"
 fi
-echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
+g=$(getconf GNU_LIBC_VERSION 2>/dev/null); echo "glibc=${g#* }"
 p=__VENV__
 while [ ! -e "$p" ]; do p=$(dirname "$p"); done
-echo "disk_kb=$(df -Pk "$p" | awk 'NR==2 {print $4}')"
-echo "mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
-echo "uid=$(id -u)"
-if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo=1
+df -Pk "$p" | { read -r _; read -r _ _ _ a _; echo "disk_kb=$a"; }
+# Builtins where a read will do: a converged host's probe is mostly the processes it starts.
+while read -r k v _; do [ "$k" = MemTotal: ] && { echo "mem_kb=$v"; break; }; done < /proc/meminfo
+while read -r k v _; do [ "$k" = Uid: ] && { echo "uid=$v"; break; }; done < /proc/self/status
+# Preflight's probe tests sudo itself, in the one sudo that also reads the kernel log
+# (gpurig.facts.preflight_probe): _gpurig_sudo is its answer.
+if [ -n "${_gpurig_sudo:-}" ]; then echo "sudo=$_gpurig_sudo"
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo=1
 else echo sudo=0; fi
 if [ -d /run/systemd/system ]; then echo systemd=1; else echo systemd=0; fi
-for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
-  [ -e "$f" ] || continue
-  i=$(stat -c %i "$f")
-  # /proc/locks: "1: POSIX ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"
-  pid=$(awk -v i="$i" '{for (n = 1; n < NF; n++)
-    if ($n ~ /^[0-9]+$/ && $(n+1) ~ ":" i "$") {print $n; exit}}' /proc/locks 2>/dev/null)
-  if [ -n "$pid" ]; then echo "dpkg_lock=$pid $(cat /proc/$pid/comm 2>/dev/null)"; break; fi
-done
+# Both locks' inodes in one stat and one read of /proc/locks ("1: POSIX ADVISORY WRITE <pid>
+# <maj:min:inode> 0 EOF"); the front lock is named first, as apt takes it first.
+i=$(stat -c %i /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock 2>/dev/null)
+if [ -n "$i" ]; then
+  pid=$(awk -v ids="$i" 'BEGIN {n = split(ids, id, "\n")}
+    {for (f = 1; f < NF; f++) if ($f ~ /^[0-9]+$/) for (k = 1; k <= n; k++)
+      if (!(k in held) && $(f+1) ~ ":" id[k] "$") held[k] = $f}
+    END {for (k = 1; k <= n; k++) if (k in held) {print held[k]; exit}}' /proc/locks 2>/dev/null)
+  if [ -n "$pid" ]; then c=; read -r c 2>/dev/null < "/proc/$pid/comm"; echo "dpkg_lock=$pid $c"; fi
+fi
 __HUB__
 true
 """

@@ -20,6 +20,9 @@ from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step,
 
 FOLDERS = "folders"  # the pseudo step: every folder the plan's files go into exists
 _MARK = "@@gpurig-step"
+# Sections of every file's and every folder's lines: one `stat` and one `sha256sum` for all of
+# them, where a process or three each were most of a converged host's probe.
+_FILES, _DIRS = "@files", "@dirs"
 
 
 def _octal(mode: str) -> int:
@@ -33,22 +36,55 @@ def _checkable(step: Step) -> bool:
     return isinstance(step, File | Directories | ServiceUser | Wheels | Models)
 
 
+def _words(paths: Iterable[str]) -> str:
+    return " ".join(shlex.quote(p) for p in dict.fromkeys(paths))
+
+
+def _files_probe(files: list[File]) -> str:
+    """`stat U G MODE PATH` for each regular file (not a link) at a file step's path, and
+    `other PATH` for anything else there; then `HEX  PATH` (sha256sum's form) for each regular
+    one the plan writes: the plan's own text in one sha256sum, controller copies (uv's
+    binary) through gpurig_sha256 and its memo."""
+    texts = _words(f.path for f in files if f.present and f.src is None)
+    copies = _words(f.path for f in files if f.present and f.src is not None)
+    regular = '[ -f "$p" ] && [ ! -L "$p" ]'
+    lines = [
+        "set --",
+        f"for p in {_words(f.path for f in files)}; do",
+        f'  if {regular}; then set -- "$@" "$p"',
+        '  elif [ -e "$p" ] || [ -L "$p" ]; then echo "other $p"; fi',
+        "done",
+        "[ $# -eq 0 ] || stat -c 'stat %U %G %a %n' -- \"$@\"",
+    ]
+    if texts:
+        lines += [
+            "set --",
+            f'for p in {texts}; do {regular} && set -- "$@" "$p"; done',
+            '[ $# -eq 0 ] || sha256sum -- "$@"',
+        ]
+    if copies:
+        lines.append(
+            f"for p in {copies}; do if {regular}; then "
+            f'd=$({sha256_command(chr(34) + "$p" + chr(34))}) && echo "$d  $p"; fi; done'
+        )
+    return "\n".join(lines)
+
+
+def _dirs_probe(paths: Iterable[str]) -> str:
+    """`dir U G MODE PATH` for each folder (not a link) among `paths`, in one stat."""
+    return "\n".join(
+        [
+            "set --",
+            f'for p in {_words(paths)}; do [ -d "$p" ] && [ ! -L "$p" ] && set -- "$@" "$p"; done',
+            "[ $# -eq 0 ] || stat -c 'dir %U %G %a %n' -- \"$@\"",
+        ]
+    )
+
+
 def _probe(step: Step) -> str:
-    """Lines `<what> <value>` about one step; a missing thing prints nothing for it."""
+    """Lines `<what> <value>` about one step; a missing thing prints nothing for it. (Files
+    and folders are probed together: `_files_probe`, `_dirs_probe`.)"""
     q = shlex.quote
-    if isinstance(step, File):
-        path = q(step.path)
-        return (
-            f"if [ -f {path} ] && [ ! -L {path} ]; then "
-            f"echo stat $(stat -c '%U %G %a' {path}); "
-            f"echo sha256 $({sha256_command(path)}); "
-            f"elif [ -e {path} ] || [ -L {path} ]; then echo other; fi"
-        )
-    if isinstance(step, Directories):
-        return "\n".join(
-            f"[ -d {q(p)} ] && [ ! -L {q(p)} ] && echo dir {q(p)} $(stat -c '%U %G %a' {q(p)})"
-            for p in step.paths
-        )
     if isinstance(step, AptPackages):
         names = " ".join(q(p) for p in step.packages)
         return f"dpkg-query -W -f='pkg ${{Package}} ${{db:Status-Abbrev}}\\n' {names} 2>/dev/null"
@@ -67,48 +103,81 @@ def _probe(step: Step) -> str:
 
 def probe_command(steps: Iterable[Step], folders: Iterable[str]) -> str:
     """One `/bin/sh -c` command line (run it as root) probing every checkable step."""
+    steps = list(steps)
     parts = [SHA256_FUNCTION]
+    files = [s for s in steps if isinstance(s, File)]
+    if files:
+        parts.append(f"echo {_MARK} {_FILES}\n{_files_probe(files)}")
+    dirs = [p for s in steps if isinstance(s, Directories) for p in s.paths]
+    if dirs:
+        parts.append(f"echo {_MARK} {_DIRS}\n{_dirs_probe(dirs)}")
     for step in steps:
-        if _checkable(step):
+        if _checkable(step) and not isinstance(step, File | Directories):
             parts.append(f"echo {_MARK} {shlex.quote(step.id)}\n{_probe(step)}")
     parts.append(f"echo {_MARK} {FOLDERS}")
     parts += [f"[ -d {shlex.quote(f)} ] && echo dir {shlex.quote(f)}" for f in folders]
     return "/bin/sh -c " + shlex.quote("\n".join(parts) + "\ntrue")
 
 
-def _sections(output: str) -> dict[str, list[list[str]]]:
-    sections: dict[str, list[list[str]]] = {}
-    current: list[list[str]] | None = None
+def _raw_sections(output: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for line in output.splitlines():
         words = line.split()
         if len(words) == 2 and words[0] == _MARK:
             current = sections.setdefault(words[1], [])
         elif words and current is not None:
-            current.append(words)
+            current.append(line)
     return sections
+
+
+def _sections(output: str) -> dict[str, list[list[str]]]:
+    return {k: [line.split() for line in v] for k, v in _raw_sections(output).items()}
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _by_path(lines: list[str]) -> dict[str, list[list[str]]]:
+    """The files' or folders' lines by path: `[what, *values]` (a path may hold spaces: it
+    comes last, or after sha256sum's two spaces)."""
+    found: dict[str, list[list[str]]] = {}
+    for line in lines:
+        if len(line) > 66 and line[64:66] == "  " and set(line[:64]) <= _HEX:
+            found.setdefault(line[66:], []).append(["sha256", line[:64]])
+            continue
+        what, _, rest = line.partition(" ")
+        if what == "other":
+            found.setdefault(rest, []).append([what])
+        elif what in ("stat", "dir"):
+            words = rest.split(" ", 3)
+            if len(words) == 4:
+                found.setdefault(words[3], []).append([what, *words[:3]])
+    return found
 
 
 def _file_converged(step: File, lines: list[list[str]]) -> bool:
     if not step.present:
         return not lines
     stat = next((w[1:] for w in lines if w[0] == "stat"), None)
-    digest = next((w[1] for w in lines if w[0] == "sha256" and len(w) == 2), None)
+    digest = next((w[1] for w in lines if w[0] == "sha256"), None)
     return (
         stat is not None
-        and len(stat) == 3
         and stat[:2] == [step.owner, step.group]
         and int(stat[2], 8) == _octal(step.mode)
         and digest == step.sha256
     )
 
 
+def _dirs_converged(step: Directories, dirs: dict[str, list[list[str]]]) -> bool:
+    want = ["dir", step.owner, step.group, _octal(step.mode)]
+    return all(
+        any([*w[:3], int(w[3], 8)] == want for w in dirs.get(p, []) if w[0] == "dir")
+        for p in step.paths
+    )
+
+
 def _step_converged(step: Step, lines: list[list[str]]) -> bool:
-    if isinstance(step, File):
-        return _file_converged(step, lines)
-    if isinstance(step, Directories):
-        want = [step.owner, step.group, _octal(step.mode)]
-        dirs = {w[1]: [w[2], w[3], int(w[4], 8)] for w in lines if w[0] == "dir" and len(w) == 5}
-        return all(dirs.get(p) == want for p in step.paths)
     if isinstance(step, AptPackages):
         installed = {w[1] for w in lines if w[0] == "pkg" and len(w) == 3 and w[2] == "ii"}
         return set(step.packages) <= installed
@@ -128,12 +197,23 @@ def _step_converged(step: Step, lines: list[list[str]]) -> bool:
 def converged(steps: Iterable[Step], folders: Iterable[str], output: str) -> list[str]:
     """The ids of the steps the probe's `output` shows in place (and FOLDERS when every folder
     exists), in plan order."""
-    sections = _sections(output)
-    done = [
-        step.id
-        for step in steps
-        if _checkable(step) and step.id in sections and _step_converged(step, sections[step.id])
-    ]
+    raw = _raw_sections(output)
+    sections = {k: [line.split() for line in v] for k, v in raw.items()}
+    files, dirs = _by_path(raw.get(_FILES, [])), _by_path(raw.get(_DIRS, []))
+    done = []
+    for step in steps:
+        if isinstance(step, File):
+            ok = _FILES in raw and _file_converged(step, files.get(step.path, []))
+        elif isinstance(step, Directories):
+            ok = _DIRS in raw and _dirs_converged(step, dirs)
+        else:
+            ok = (
+                _checkable(step)
+                and step.id in sections
+                and _step_converged(step, sections[step.id])
+            )
+        if ok:
+            done.append(step.id)
     existing = {w[1] for w in sections.get(FOLDERS, []) if w[0] == "dir" and len(w) == 2}
     if FOLDERS in sections and set(folders) <= existing:
         done.append(FOLDERS)
