@@ -16,6 +16,7 @@ from typing import Any
 from gpurig.errors import UsageError
 from gpurig.sandbox.paths import sandbox_dir
 from gpurig.sandbox.state import SANDBOX_GROUP, SandboxHost, StateDir
+from gpurig.ssh import aead_first
 
 HOSTS_VAR = "GPURIG_HOSTS"
 KEY_VAR = "GPURIG_SSH_KEY"
@@ -37,6 +38,9 @@ PyinfraHost = tuple[str, dict[str, Any]]
 # passes this, so an inline inventory (`gpurig preflight user@host`) or any inventory file is
 # held to known_hosts as strictly as the hosts listed here.
 STRICT_HOST_KEYS = ["--data", "ssh_strict_host_key_checking=yes"]
+# pyinfra's paramiko connections ask for AES-GCM first (gpurig.ssh.aead_first: less CPU for the
+# controller and every host on each run, a faster push of the wheels)
+PARAMIKO_CONNECT = {"transport_factory": aead_first}
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ def _listed_host(spec: HostSpec) -> PyinfraHost:
         "ssh_key": str(_expand(key)) if key else None,
         "ssh_known_hosts_file": str(_known_hosts()),
         "ssh_strict_host_key_checking": "yes",
+        "ssh_paramiko_connect_kwargs": PARAMIKO_CONNECT,
     }
 
 
@@ -146,6 +151,7 @@ def _sandbox_host(state: StateDir, host: SandboxHost) -> PyinfraHost:
         "ssh_key": str(state.key_file),
         "ssh_known_hosts_file": str(state.known_hosts_file),
         "ssh_strict_host_key_checking": "yes",
+        "ssh_paramiko_connect_kwargs": PARAMIKO_CONNECT,
         # Only the fleet's key: an agent's keys could exhaust sshd's MaxAuthTries first.
         "ssh_allow_agent": False,
         "ssh_look_for_keys": False,

@@ -16,6 +16,7 @@ from pyinfra.api.exceptions import InventoryError
 from gpurig.errors import UsageError
 from gpurig.inventory import HostSpec, ansible_inventory, parse_hosts, pyinfra_groups
 from gpurig.sandbox.state import SandboxHost, StateDir
+from gpurig.ssh import aead_first
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,6 +126,7 @@ def test_listed_hosts_are_strict_and_use_the_given_key(
                     "ssh_key": "/keys/fleet",
                     "ssh_known_hosts_file": "/keys/known_hosts",
                     "ssh_strict_host_key_checking": "yes",
+                    "ssh_paramiko_connect_kwargs": {"transport_factory": aead_first},
                 },
             )
         ]
