@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.exceptions import OperationError
 from pyinfra.context import ctx_host
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory
 
 from gpurig.facts.system import (
     Account,
@@ -495,6 +497,24 @@ def test_installed_file_fixes_only_the_mode_without_the_follow_up() -> None:
     commands, fake = run_op(files.installed, state, src=b"CA", dest="/x.crt", then="update")
     assert commands == []
     assert fake.noops == ["/x.crt is up to date"]
+
+
+def test_a_folder_is_made_and_owned_in_one_command_and_fixed_only_where_it_differs() -> None:
+    kw = {"path": "/var/lib/gpurig", "owner": "gpurig", "group": "gpurig", "mode": "0750"}
+    commands, _ = run_op(files.folder, {Directory: None}, **kw)
+    assert commands == [
+        "mkdir -p /var/lib/gpurig && chown gpurig:gpurig /var/lib/gpurig "
+        "&& chmod 750 /var/lib/gpurig"
+    ]
+    wrong_mode = {"user": "gpurig", "group": "gpurig", "mode": 755}
+    commands, _ = run_op(files.folder, {Directory: wrong_mode}, **kw)
+    assert commands == ["chmod 750 /var/lib/gpurig"]
+    placed = {"user": "gpurig", "group": "gpurig", "mode": 750}
+    commands, fake = run_op(files.folder, {Directory: placed}, **kw)
+    assert commands == []
+    assert fake.noops == ["folder /var/lib/gpurig is in place"]
+    with pytest.raises(OperationError, match="exists and is not a folder"):
+        run_op(files.folder, {Directory: False}, **kw)
 
 
 def test_a_script_step_runs_unless_its_test_holds_on_the_host() -> None:

@@ -64,12 +64,12 @@ def _file(step: File) -> None:
 
 def _directories(step: Directories) -> None:
     for path in step.paths:
-        pyinfra_files.directory(
+        files.folder(
             name=f"{step.name}: {path}",
             path=path,
-            user=step.owner,
+            owner=step.owner,
             group=step.group,
-            mode=step.mode.lstrip("0") or "0",
+            mode=step.mode,
             _if=_needed(step),
         )
 

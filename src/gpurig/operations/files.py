@@ -20,10 +20,12 @@ from typing import Any
 
 from pyinfra import logger
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.exceptions import OperationError
 from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
 from pyinfra.api.state import State
 from pyinfra.context import host
+from pyinfra.facts.files import Directory
 
 from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
@@ -104,3 +106,23 @@ def installed(
     yield from commands
     if new_content and then:
         yield then
+
+
+@operation()
+def folder(path: str, owner: str, group: str, mode: str) -> Generator[Any, None, None]:
+    """`path` is a folder (made with its parents) with this owner, group and mode, in one
+    command where pyinfra's files.directory sends mkdir, chmod and chown one by one."""
+    info = host.get_fact(Directory, path=path)
+    if info is False:
+        raise OperationError(f"{path} exists and is not a folder: move it aside")
+    q = shlex.quote(path)
+    owned, wanted = f"{owner}:{group}", int(mode, 8)
+    commands = [] if info else [f"mkdir -p {q}"]
+    if not info or (info["user"], info["group"]) != (owner, group):
+        commands.append(f"chown {shlex.quote(owned)} {q}")
+    if not info or int(str(info["mode"]), 8) != wanted:
+        commands.append(f"chmod {wanted:o} {q}")
+    if not commands:
+        host.noop(f"folder {path} is in place")
+        return
+    yield " && ".join(commands)

@@ -122,9 +122,12 @@ def build_script(
         f'  {uv_cmd} venv --quiet --relocatable --python {q(python)} "$B"',
         f'  {uv_cmd} pip sync --python "$B/bin/python" --require-hashes '
         f"{' '.join(q(a) for a in source_args)} {q(requirements_path)}",
+        # Read-only to the service user (uv leaves a 0666 .lock): beside the import check, on
+        # the core it leaves idle (what the check writes gets umask 022's modes anyway).
+        '  chmod -R go-w "$B" & CHMOD=$!',
         f'  "$B/bin/python" -c {q(check)}',
+        '  wait "$CHMOD"',
         f'  cp {q(requirements_path)} "$B/gpurig-requirements.txt"',
-        '  chmod -R go-w "$B"',  # read-only to the service user (uv leaves a 0666 .lock)
         f"  printf '%s\\n' {q(marker)} > \"$B/{MARKER}\"",  # last: only a complete venv
         # Complete: the old $D is moved aside (two renames: the live path is missing only
         # between them), then removed.
