@@ -160,7 +160,8 @@ def copies(bench: Bench, host: SandboxHost, count: int) -> list[SandboxHost]:
     """`count` more hosts started from a commit of `host` (a deployed one): a fleet that
     already has the deploy's end state, for no-change runs, without installing it again."""
     client = docker_client()
-    tag = f"gpurig/bench-copy:{bench.fleet.state.fleet_id}"
+    # One tag per host copied: bench_versions copies each version's host.
+    tag = f"gpurig/bench-copy:{bench.fleet.state.fleet_id}-{host.name}"
     client.containers.get(host.container).commit(
         repository=tag.split(":")[0], tag=tag.split(":")[1]
     )
