@@ -89,11 +89,22 @@ def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NAMED: list[tuple[Stack, frozenset[str]]] = []  # the last base stack and its variable names
+
+
+def _names(base: Stack) -> frozenset[str]:
+    """`flatten(base)`'s names, kept for the last base: every host of a run asks about the
+    same stack.yml, and flattening it costs a millisecond and a half."""
+    if not _NAMED or _NAMED[0][0] is not base:
+        _NAMED[:] = [(base, frozenset(flatten(base)))]
+    return _NAMED[0][1]
+
+
 def host_stack(base: Stack, values: Mapping[str, Any]) -> Stack:
     """stack.yml with a host's overrides (any mapping of variable names), checked by the schema."""
-    defaults = flatten(base)
-    if not any(key in values for key in defaults):
+    if not any(key in values for key in _names(base)):
         return base
+    defaults = flatten(base)
     data = {key: values.get(key, value) for key, value in defaults.items()}
     try:
         return Stack.model_validate(unflatten(data))
@@ -113,7 +124,7 @@ def knob(values: Mapping[str, Any], name: str) -> Any:
 
 def overridden_lock_inputs(base: Stack, stack: Stack) -> list[str]:
     """Variable names whose host value changes what the lock was resolved from."""
-    if stack.digest() == base.digest():
+    if stack is base or stack.digest() == base.digest():
         return []
     mine, theirs = flatten(stack), flatten(base)
     return sorted(
