@@ -64,3 +64,24 @@ def test_compile_sources_writes_bytecode_for_a_tree(tmp_path: Path) -> None:
 def test_gpurig_deploy_limits_each_host() -> None:
     command = fleetbench.gpurig_deploy(["sandbox-1", "sandbox-2"], "--skip-smoke")
     assert command[-6:] == ["--skip-smoke", "--", "--limit", "sandbox-1", "--limit", "sandbox-2"]
+
+
+def test_bench_cpu_counts_each_kind_of_process_and_each_python_alone() -> None:
+    import bench_cpu
+
+    hz = bench_cpu.HZ
+    rows = [(0.0, "swapper", 0)] * hz + [(0.5, "tokio-rt-worker", 7)] * hz
+    rows += [(1.2, "python", 40)] * (2 * hz) + [(1.7, "python", 41)] * hz
+    rows += [(1.9, "sed", 50)] * (hz // 2)
+    figures = bench_cpu.tally(rows)
+    assert figures["cpu_s"] == {
+        "python 40": 2.0,
+        "idle": 1.0,
+        "uv": 1.0,
+        "python 41": 1.0,
+        "other": 0.5,
+    }
+    by_second = figures["busy_cores_by_second"]
+    assert isinstance(by_second, dict)
+    assert by_second[0] == {"uv": 1.0}  # idle is not a busy core
+    assert by_second[1] == {"python 40": 2.0, "python 41": 1.0, "other": 0.5}
