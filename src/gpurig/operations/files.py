@@ -3,7 +3,7 @@
 Over SSH a new content goes in one round trip (gpurig.operations.stream): streamed into a
 root-run script that writes a 0600 temporary file beside the destination, hashes the same
 bytes, gives it its mode and owner and renames it over the destination only with the expected
-hash. pyinfra's sudo upload takes five (mkdir, SFTP to /tmp, cp, rm, then chmod and chown) and
+hash. pyinfra's sudo upload takes six (mkdir, an SFTP put to /tmp, cp, rm, chmod, chown) and
 writes the destination in place, so a reader can meet half a file. Another connector gets
 pyinfra's upload.
 """

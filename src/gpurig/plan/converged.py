@@ -63,9 +63,9 @@ def _files_probe(files: list[File]) -> str:
             '[ $# -eq 0 ] || sha256sum -- "$@"',
         ]
     if copies:
+        digest = sha256_command('"$p"')
         lines.append(
-            f"for p in {copies}; do if {regular}; then "
-            f'd=$({sha256_command(chr(34) + "$p" + chr(34))}) && echo "$d  $p"; fi; done'
+            f'for p in {copies}; do if {regular}; then d=$({digest}) && echo "$d  $p"; fi; done'
         )
     return "\n".join(lines)
 
@@ -131,8 +131,12 @@ def _raw_sections(output: str) -> dict[str, list[str]]:
     return sections
 
 
+def _words_of(raw: dict[str, list[str]]) -> dict[str, list[list[str]]]:
+    return {k: [line.split() for line in v] for k, v in raw.items()}
+
+
 def _sections(output: str) -> dict[str, list[list[str]]]:
-    return {k: [line.split() for line in v] for k, v in _raw_sections(output).items()}
+    return _words_of(_raw_sections(output))
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -198,7 +202,7 @@ def converged(steps: Iterable[Step], folders: Iterable[str], output: str) -> lis
     """The ids of the steps the probe's `output` shows in place (and FOLDERS when every folder
     exists), in plan order."""
     raw = _raw_sections(output)
-    sections = {k: [line.split() for line in v] for k, v in raw.items()}
+    sections = _words_of(raw)
     files, dirs = _by_path(raw.get(_FILES, [])), _by_path(raw.get(_DIRS, []))
     done = []
     for step in steps:
