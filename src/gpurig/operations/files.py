@@ -30,7 +30,7 @@ from pyinfra.facts.files import Directory
 from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
 from gpurig.operations.stream import stream, transport_of
-from gpurig.plan.hashing import SHA256_STDIN
+from gpurig.plan.hashing import tee_hashed
 
 
 def receive(dest: str, mode: str, owner: str, sha256: str) -> str:
@@ -42,8 +42,8 @@ def receive(dest: str, mode: str, owner: str, sha256: str) -> str:
     return (
         f"umask 022; mkdir -p {q(folder)} || exit 1; "
         f"t=$(mktemp {q(f'{folder}/.{name}.gpurig-XXXXXX')}) || exit 1; "
-        f'h=$({{ tee "$t" || rm -f "$t"; }} | {SHA256_STDIN}); h=${{h%% *}}; echo "$h"; '
-        f'if [ "$h" = {sha256} ] && chmod {q(mode)} "$t" && chown {q(owner)} "$t" '
+        + tee_hashed('"$t"')
+        + f'if [ "$h" = {sha256} ] && chmod {q(mode)} "$t" && chown {q(owner)} "$t" '
         f'&& mv -fT "$t" {q(dest)}; then exit 0; fi; rm -f "$t"; exit 1'
     )
 

@@ -33,7 +33,7 @@ from pyinfra.context import host
 
 from gpurig.facts.system import FileSizes
 from gpurig.operations.stream import stream, transport_of
-from gpurig.plan.hashing import SHA256_STDIN
+from gpurig.plan.hashing import tee_hashed
 from gpurig.plan.steps import WheelFile
 
 
@@ -45,8 +45,8 @@ def receive(wheel: WheelFile, directory: str) -> str:
     part, dest = q(f"{directory}/.{wheel.name}.partial"), q(f"{directory}/{wheel.name}")
     return (
         f"umask 022; mkdir -p {q(directory)} || exit 1; "
-        f'h=$({{ tee {part} || rm -f {part}; }} | {SHA256_STDIN}); h=${{h%% *}}; echo "$h"; '
-        f'if [ "$h" = {wheel.sha256} ] && [ "$(stat -c %s {part})" = {wheel.size} ]; '
+        + tee_hashed(part)
+        + f'if [ "$h" = {wheel.sha256} ] && [ "$(stat -c %s {part})" = {wheel.size} ]; '
         f"then mv -f {part} {dest}; else rm -f {part}; exit 1; fi"
     )
 

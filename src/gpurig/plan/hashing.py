@@ -32,6 +32,14 @@ SHA256_STDIN = (
     "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi"
 )
 
+
+def tee_hashed(path: str, hashing: str = SHA256_STDIN, header: str = "") -> str:
+    """Shell that writes stdin to `path` (already quoted, or a quoted "$var") and hashes the
+    same bytes in one pass, `header` first (git's blob header) through `hashing` only; a failed
+    write removes the file. Leaves the hex digest in $h and prints it, one line."""
+    return f'h=$({{ {header}tee {path} || rm -f {path}; }} | {hashing}); h=${{h%% *}}; echo "$h"; '
+
+
 # $1: the file (a regular file: callers test that). Prints its hex digest, one line; fails
 # when the file cannot be read. Variables are prefixed: POSIX sh has no locals.
 _FUNCTION = r"""gpurig_sha256() {

@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
 from gpurig.model.host import HostFacts
-from gpurig.plan.hashing import SHA256_FUNCTION, SHA256_STDIN, sha256_command
+from gpurig.plan.hashing import SHA256_FUNCTION, SHA256_STDIN, sha256_command, tee_hashed
 from gpurig.plan.steps import Step
 from gpurig.spec import HubModel, Stack
 
@@ -93,8 +93,8 @@ def receive(upload: ModelUpload, incoming: str) -> str:
     hashing = SHA256_STDIN if len(upload.blob) == 64 else "sha1sum"  # git's: header, bytes
     return (
         f"umask 077; f={shlex.quote(f'{incoming}/{upload.name}')}; "
-        f'h=$({{ {header}tee "$f" || rm -f "$f"; }} | {hashing}); h=${{h%% *}}; echo "$h"; '
-        f'[ "$h" = {upload.blob} ] && [ -f "$f" ] && [ ! -L "$f" ] && '
+        + tee_hashed('"$f"', hashing, header)
+        + f'[ "$h" = {upload.blob} ] && [ -f "$f" ] && [ ! -L "$f" ] && '
         f'[ "$(stat -c %s "$f")" = {upload.size} ] && : > "$f{HASHED}"'
     )
 
