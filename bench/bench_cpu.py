@@ -75,20 +75,21 @@ def tally(rows: list[tuple[float, str, int]]) -> dict[str, object]:
     }
 
 
-def recorded(data: Path, run: Callable[[], object]) -> float:
-    """Seconds of `run()` with every CPU sampled into `data`."""
+def recorded(data: Path, run: Callable[[], object]) -> tuple[float, float]:
+    """Seconds of `run()`, and the machine's CPU-seconds in them, with every CPU sampled into
+    `data`."""
     perf = subprocess.Popen(
         ["perf", "record", "-a", "-q", "-F", str(HZ), "-o", str(data)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(1)  # perf is sampling before the run starts
-    began = time.monotonic()
+    began, cpu_before = time.monotonic(), machine_cpu_s()
     run()
-    seconds = time.monotonic() - began
+    seconds, cpu = time.monotonic() - began, machine_cpu_s() - cpu_before
     perf.send_signal(signal.SIGINT)
     perf.wait(timeout=60)
-    return seconds
+    return seconds, cpu
 
 
 def main() -> int:
@@ -106,10 +107,9 @@ def main() -> int:
             ("floor", lambda: bench_deploy.floor(bench.fleet, floor, files)),
         ):
             data = bench.state_dir / f"{name}.perf"
-            cpu_before = machine_cpu_s()
-            seconds = recorded(data, run)
+            seconds, cpu = recorded(data, run)
             figures = tally(samples(data))
-            figures |= {"wall_s": round(seconds, 1), "machine_cpu_s": machine_cpu_s() - cpu_before}
+            figures |= {"wall_s": round(seconds, 1), "machine_cpu_s": round(cpu, 1)}
             bench.figures[name] = figures
             print(name, figures["cpu_s"], flush=True)
     bench.write(args.out)
