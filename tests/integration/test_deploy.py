@@ -210,6 +210,10 @@ def test_fresh_bookworm_deploy_passes(bookworm: SandboxFleet, fresh_bookworm: De
     ssh_ok(bookworm, host, f"test -f {target}/.gpurig-smoke-warm")
     pyc = "find {}/lib -path '*/sympy/core/__pycache__/*.pyc' -user root -perm -0444"
     assert ssh_ok(bookworm, host, pyc.format(target)).strip()
+    # Most of it before the venv went live: beside the import check (warm --beside-check).
+    dynamo, marker_file = "*/torch/_dynamo/__pycache__/*.pyc", f"{target}/gpurig-venv.json"
+    early = f"find {target}/lib -path '{dynamo}' ! -newer {marker_file}"
+    assert ssh_ok(bookworm, host, early).strip()
     left = ssh_ok(bookworm, host, "sudo -n find /tmp -maxdepth 1 -user root -name 'tmp.*'")
     assert left.strip() == ""
     ssh_ok(bookworm, host, "test -s /usr/local/share/ca-certificates/gpurig-ca.crt")

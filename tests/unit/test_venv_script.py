@@ -28,11 +28,13 @@ UV = str(Path(sys.executable).with_name("uv"))
 pytestmark = pytest.mark.skipif(not Path(UV).exists(), reason="needs the .venv's uv")
 
 
-def make_wheel(folder: Path, version: str) -> tuple[Path, str]:
-    """A minimal pure wheel: module demo_pkg with VERSION, and a `demo` command printing it."""
+def make_wheel(folder: Path, version: str, extra: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A minimal pure wheel: module demo_pkg with VERSION, and a `demo` command printing it;
+    `extra`: more files (path in the wheel: text)."""
     name = f"demo_pkg-{version}-py3-none-any.whl"
     info = f"demo_pkg-{version}.dist-info"
     files = {
+        **(extra or {}),
         "demo_pkg/__init__.py": f"VERSION = {version!r}\n\ndef main():\n    print(VERSION)\n",
         f"{info}/entry_points.txt": "[console_scripts]\ndemo = demo_pkg:main\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: demo-pkg\nVersion: {version}\n",
@@ -63,11 +65,15 @@ class Plan:
 
 
 def plan_for(
-    root: Path, version: str, check: str | None = None, env_file: str | None = None
+    root: Path,
+    version: str,
+    check: str | None = None,
+    env_file: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Plan:
     wheels = root / "wheels"
     wheels.mkdir(exist_ok=True)
-    _, sha = make_wheel(wheels, version)
+    _, sha = make_wheel(wheels, version, extra)
     requirements = root / f"req-{version}.txt"
     requirements.write_text(f"demo-pkg=={version} --hash=sha256:{sha}\n")
     identity = f"cpu-cp311-{sha[:12]}"
@@ -255,3 +261,60 @@ def test_a_live_venv_whose_marker_differs_survives_a_killed_rebuild(tmp_path: Pa
         [str(Path(plan.link) / "bin" / "demo")], capture_output=True, text=True, check=True
     )
     assert command.stdout.strip() == "1.0"  # a renamed build's commands still run
+
+
+def fake_warm(record: Path, sleep_s: float) -> dict[str, str]:
+    """A `bloomkit.warm` that says how it was started, then takes `sleep_s` to finish."""
+    module = f"""
+import json, os, sys, time
+record = {str(record)!r}
+started = dict(argv=sys.argv[1:], isolated=sys.flags.isolated, cwd=os.getcwd(),
+               env=sorted(os.environ), pid=os.getpid())
+json.dump(started, open(record + ".started", "w"))
+time.sleep({sleep_s})
+open(record + ".done", "w").close()
+"""
+    return {"bloomkit/__init__.py": "", "bloomkit/warm.py": module}
+
+
+def test_the_build_compiles_beside_its_check_and_waits_for_it(tmp_path: Path) -> None:
+    record = tmp_path / "warm"
+    plan = plan_for(tmp_path, "1.0", extra=fake_warm(record, 1.0))
+    out = run(plan.script, PYTHONPATH="/nowhere", SECRET_TOKEN="x")
+    assert out.returncode == 0, out.stderr
+    started = json.loads(Path(f"{record}.started").read_text())
+    assert started["argv"] == ["--beside-check"]
+    assert started["isolated"] == 1  # no cwd or user site on root's import path
+    assert started["cwd"] == "/"
+    assert set(started["env"]) <= {"PATH", "LC_CTYPE"}  # a clean environment (PEP 538 adds one)
+    assert Path(f"{record}.done").exists()  # the venv went live after it finished
+
+
+def test_a_failed_check_stops_the_compile_beside_it(tmp_path: Path) -> None:
+    record = tmp_path / "warm"
+    started = Path(f"{record}.started")
+    # The check waits until the compile beside it has started, then fails.
+    check = (
+        "import os, time\n"
+        f"while not os.path.exists({str(started)!r}): time.sleep(0.05)\n"
+        "raise SystemExit('import check failed')"
+    )
+    plan = plan_for(tmp_path, "1.0", check=check, extra=fake_warm(record, 60))
+    began = time.monotonic()
+    out = run(plan.script)
+    assert out.returncode != 0
+    assert "import check failed" in out.stderr
+    assert time.monotonic() - began < 60  # not held by the compile
+    pid = json.loads(started.read_text())["pid"]
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+        assert time.monotonic() < deadline, "the compile beside the failed check kept running"
+        time.sleep(0.1)
+    assert not Path(f"{record}.done").exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"

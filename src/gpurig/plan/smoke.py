@@ -40,6 +40,19 @@ def warm_up(venv: str) -> str:
     )
 
 
+def warm_beside_check(python: str) -> str:
+    """Root's `python -m bloomkit.warm --beside-check` in the background, for the venv build
+    (gpurig.plan.venv): most of the first smoke's bytecode, on the core the import check
+    leaves idle, written before the venv goes live. Niced below the check, bounded, isolated
+    (-I: no cwd or user site on its path, no PYTHON* variables), in a clean environment; a
+    failure only leaves more to the warm-up beside the first smoke. Sets WARM to the PID of
+    timeout(1), which passes a kill on to Python."""
+    return (
+        f"( cd / && exec env -i PATH=/usr/bin:/bin nice -n 10 timeout -k 5 {WARM_TIMEOUT_S} "
+        f"{python} -I -m bloomkit.warm --beside-check ) >/dev/null 2>&1 & WARM=$!"
+    )
+
+
 def command(
     user: str,
     report: str,

@@ -25,6 +25,7 @@ from gpurig.bloomkit_wheel import Wheel
 from gpurig.hostlayout import ENV_FILE, MARKER, REQUIREMENTS_DIR, UV_BIN, WHEEL_DIR, Layout, venv_id
 from gpurig.lock import Target
 from gpurig.plan.python import SYSTEM_PYTHON, uv_settings
+from gpurig.plan.smoke import warm_beside_check
 from gpurig.plan.steps import File, Step, Venv, WheelFile, Wheels
 from gpurig.spec import Stack
 
@@ -125,8 +126,11 @@ def build_script(
         # Read-only to the service user (uv leaves a 0666 .lock): beside the import check, on
         # the core it leaves idle (what the check writes gets umask 022's modes anyway).
         '  chmod -R go-w "$B" & CHMOD=$!',
-        f'  "$B/bin/python" -c {q(check)}',
+        "  " + warm_beside_check('"$B/bin/python"'),
+        f'  "$B/bin/python" -c {q(check)} || {{ rc=$?; '
+        'kill "$WARM" "$CHMOD" 2>/dev/null || true; exit "$rc"; }',
         '  wait "$CHMOD"',
+        '  wait "$WARM" || true',  # only speed rides on it
         f'  cp {q(requirements_path)} "$B/gpurig-requirements.txt"',
         f"  printf '%s\\n' {q(marker)} > \"$B/{MARKER}\"",  # last: only a complete venv
         # Complete: the old $D is moved aside (two renames: the live path is missing only
