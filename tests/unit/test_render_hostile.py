@@ -87,23 +87,10 @@ def test_apt_reads_a_hostile_package_name_as_a_name() -> None:
 def test_the_smoke_command_keeps_a_hostile_report_path_literal(stack: spec.Stack) -> None:
     report = "/var/lib/$(touch x)/r;id.json"
     step = smoke.step(planted(stack, report=report, user="gpurig"), has_gpu=False)
-    first = step.command.split("; W=;")[0]
+    first = step.command.split("; timeout ")[0]
     assert shlex.split(first) == ["rm", "-f", report]
     inner = shlex.split(step.command.split("-c ", 1)[1].rsplit(";", 1)[0])[0]
     assert shlex.split(inner)[:4] == ["bloomkit", "smoke", "--json", report]
-
-
-def test_the_smoke_warm_up_keeps_a_hostile_venv_path_literal(tmp_path: Path) -> None:
-    mark = tmp_path / "ran"
-    odd = tmp_path / f"$(touch {mark})" / "it's `touch {mark}`;touch {mark}"
-    (odd / "bin").mkdir(parents=True)
-    python = odd / "bin" / "python"
-    python.write_text(f'#!/bin/sh\necho "$@" > {shlex.quote(str(tmp_path / "args"))}\n')
-    python.chmod(0o755)
-    run_sh(smoke.warm_up(str(odd)) + "wait", dict(os.environ))
-    assert not mark.exists()
-    assert (tmp_path / "args").read_text().split() == ["-m", "bloomkit.warm"]
-    assert (odd / smoke.WARM_MARKER).exists()  # the warm-up ran, once for this venv
 
 
 def test_the_venv_script_keeps_hostile_paths_literal(tmp_path: Path) -> None:

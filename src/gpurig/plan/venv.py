@@ -25,7 +25,6 @@ from gpurig.bloomkit_wheel import Wheel
 from gpurig.hostlayout import ENV_FILE, MARKER, REQUIREMENTS_DIR, UV_BIN, WHEEL_DIR, Layout, venv_id
 from gpurig.lock import Target
 from gpurig.plan.python import SYSTEM_PYTHON, uv_settings
-from gpurig.plan.smoke import warm_beside_check
 from gpurig.plan.steps import File, Step, Venv, WheelFile, Wheels
 from gpurig.spec import Stack
 
@@ -33,6 +32,7 @@ from gpurig.spec import Stack
 # host) holds this lock; wait for it rather than build over it.
 LOCK_WAIT_S = 1800
 CHANGED = "gpurig: changed: "
+COMPILE_TIMEOUT_S = 300  # the bytecode beside the import check: a hang must not hold the build
 
 
 def marker_json(data: dict[str, Any]) -> str:
@@ -63,6 +63,20 @@ def import_check(target: Target) -> str:
             f"v = m.version('torch'); assert v == {target.torch!r}, 'torch ' + v",
             f"assert torch.version.cuda == {cuda!r}, 'torch CUDA ' + str(torch.version.cuda)",
         ]
+    )
+
+
+def compile_beside_check(python: str) -> str:
+    """Root's `python -m bloomkit.warm` in the background, beside the import check: the
+    bytecode of most of what the smoke imports, on the core the check leaves idle, written
+    before the venv goes live (the service user cannot write it into root's venv, and would
+    otherwise compile those modules in memory on every smoke). Niced below the check, bounded,
+    isolated (-I: no cwd or user site on its path, no PYTHON* variables), in a clean
+    environment; a failure only leaves the smoke more to compile. Sets WARM to the PID of
+    timeout(1), which passes a kill on to Python."""
+    return (
+        f"( cd / && exec env -i PATH=/usr/bin:/bin nice -n 10 timeout -k 5 {COMPILE_TIMEOUT_S} "
+        f"{python} -I -m bloomkit.warm ) >/dev/null 2>&1 & WARM=$!"
     )
 
 
@@ -126,7 +140,7 @@ def build_script(
         # Read-only to the service user (uv leaves a 0666 .lock): beside the import check, on
         # the core it leaves idle (what the check writes gets umask 022's modes anyway).
         '  chmod -R go-w "$B" & CHMOD=$!',
-        "  " + warm_beside_check('"$B/bin/python"'),
+        "  " + compile_beside_check('"$B/bin/python"'),
         f'  "$B/bin/python" -c {q(check)} || {{ rc=$?; '
         'kill "$WARM" "$CHMOD" 2>/dev/null || true; exit "$rc"; }',
         '  wait "$CHMOD"',
