@@ -20,10 +20,10 @@ from gpurig.deploys import IN_PLACE_KEY, PLAN_KEY, stages
 from gpurig.facts.in_place import HostInPlace, InPlace, probe_script
 from gpurig.facts.system import Venvs
 from gpurig.model.host import HostFacts
-from gpurig.operations import apt
+from gpurig.operations import background
 from gpurig.operations import venv as venv_op
 from gpurig.plan import HostPlan, converged
-from gpurig.plan.steps import AptWait, File, Stage, Venv
+from gpurig.plan.steps import File, JobWait, Stage, Venv
 from gpurig.preflight import Verdict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -153,11 +153,11 @@ def test_the_venv_operation_uses_the_venvs_preflight_read(tmp_path: Path) -> Non
     assert host.noops == [f"{step.link} -> {step.venv_dir} is complete"]
 
 
-def test_the_apt_wait_has_nothing_to_wait_for_when_apt_was_in_place() -> None:
-    step = AptWait("llm_env.apt_wait", "Wait for the apt packages", "system.apt", "echo wait")
+def test_a_job_wait_has_nothing_to_wait_for_when_its_step_was_in_place() -> None:
+    step = JobWait("llm_env.apt_wait", "Wait for the apt packages", "system.apt", "echo wait")
     host = NoFacts()
     with ctx_host.use(host):
-        assert list(apt.wait._inner(step=step, started=False)) == []
-        (command,) = apt.wait._inner(step=step, started=True)
+        assert list(background.wait._inner(step=step, started=False)) == []
+        (command,) = background.wait._inner(step=step, started=True)
     assert command.get_raw_value() == "echo wait"  # a dry run names it only when apt ran
-    assert host.noops == ["apt packages are installed: nothing ran in the background"]
+    assert host.noops == ["system.apt was in place: nothing ran in the background"]

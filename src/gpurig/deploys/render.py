@@ -19,7 +19,7 @@ from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import systemd
 
 from gpurig.deploys import WHEEL_PUSH_KEY, host_in_place, run_if
-from gpurig.operations import apt, files, users, wheels
+from gpurig.operations import apt, background, files, users, wheels
 from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
 from gpurig.operations.script import scripted
@@ -27,9 +27,9 @@ from gpurig.operations.venv import locked_venv
 from gpurig.plan.models import Models
 from gpurig.plan.steps import (
     AptPackages,
-    AptWait,
     Directories,
     File,
+    JobWait,
     Script,
     Service,
     ServiceUser,
@@ -86,10 +86,11 @@ def apply(step: Step) -> None:
             background=step.background,
             _if=_needed(step),
         )
-    elif isinstance(step, AptWait):
-        # Nothing ran in the background when the probe found the packages installed; decided in
-        # the operation, not by `_if`, so that a dry run says so too.
-        apt.wait(name=step.name, step=step, started=step.apt_step not in host_in_place().steps)
+    elif isinstance(step, JobWait):
+        # Nothing ran in the background when the probe found the starting step in place;
+        # decided in the operation, not by `_if`, so that a dry run says so too.
+        started = step.started_by not in host_in_place().steps
+        background.wait(name=step.name, step=step, started=started)
     elif isinstance(step, ServiceUser):
         users.service_user(
             name=step.name, user=step.user, home=step.home, shell=step.shell, _if=_needed(step)

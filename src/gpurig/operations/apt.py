@@ -18,7 +18,6 @@ from pyinfra.facts.deb import DebPackages
 from gpurig.diagnose import Context
 from gpurig.operations.diagnosed import DiagnosedCommand
 from gpurig.plan.apt_background import start_script
-from gpurig.plan.steps import AptWait
 from gpurig.plan.system import APT_LOCK_TIMEOUT_S, apt_install
 
 
@@ -35,13 +34,3 @@ def packages(
         return
     install = apt_install(missing, lock_timeout_s)
     yield DiagnosedCommand(start_script(install) if background else install, Context(), None)
-
-
-@operation()
-def wait(step: AptWait, started: bool = True) -> Generator[Any, None, None]:
-    """The background install's log and exit status; its failure is diagnosed as the apt
-    step's own would be. started: false when preflight found every package installed."""
-    if not started:
-        host.noop("apt packages are installed: nothing ran in the background")
-        return
-    yield DiagnosedCommand(step.script, Context(), None)

@@ -30,6 +30,7 @@ from gpurig.plan import (
     python,
     smoke,
     system,
+    trust,
     venv,
 )
 from gpurig.plan.driver import Driver, driver_section
@@ -196,7 +197,10 @@ def build(
             + models.steps(stack, files.models, facts),
         ),
     ]
-    apt_background.place_wait(result.stages, "system.apt", gpu=result.driver is not None)
+    has_driver = result.driver is not None
+    apt_background.place_wait(result.stages, "system.apt", gpu=has_driver)
+    if stack.network.ca_bundle:
+        trust.place_wait(result.stages, "system.ca", early=has_driver or verdict.uv_python)
     # Opt-in GPU services (stack.yml containers: and dcgm:), each its own stage.
     dcgm_steps, dcgm_notes = dcgm.steps(stack, facts, result.driver)
     new_notes = containers.notes(stack, facts) + dcgm_notes

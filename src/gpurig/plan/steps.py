@@ -61,19 +61,19 @@ class AptPackages(Step):
     packages: list[str] = field(default_factory=list)
     lock_timeout_s: int = 120
     script: str = ""  # installs what is missing; prints `gpurig: unchanged` when nothing is
-    # The system stage's install runs as a background job an AptWait step joins; a later
+    # The system stage's install runs as a background job a JobWait step joins; a later
     # stage's (containers, DCGM) in the foreground, since its next step needs the packages.
     background: bool = False
 
 
 @dataclass(frozen=True)
-class AptWait(Step):
-    """Wait for the apt step's background install (gpurig.plan.apt_background) and take its
-    result: a failure reads as the apt step's own would. Nothing to wait for when the apt step
-    found every package installed, or installed them in the foreground."""
+class JobWait(Step):
+    """Wait for the background job a step started (gpurig.plan.background: apt's install, the
+    trust store's update) and take its result: a failure reads as that step's own would.
+    Nothing to wait for when the step was in place, or did its work in the foreground."""
 
-    kind: ClassVar[str] = "apt_wait"
-    apt_step: str = ""  # the id of the apt step it waits for
+    kind: ClassVar[str] = "job_wait"
+    started_by: str = ""  # the id of the step that starts the job
     script: str = ""  # prints `gpurig: unchanged` when nothing ran in the background
 
 

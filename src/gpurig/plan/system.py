@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
+from gpurig.plan import trust
 from gpurig.plan.apt_background import start_script
 from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
 from gpurig.spec import Stack
@@ -30,8 +31,6 @@ def _apt_lock_timeout_s() -> int:
 # unattended-upgrades on a fresh VM holds the dpkg lock for a while
 APT_LOCK_TIMEOUT_S = _apt_lock_timeout_s()
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
-# ca-certificates' own install runs the update too, if the package comes later.
-UPDATE_CA = "if command -v update-ca-certificates >/dev/null; then update-ca-certificates; fi"
 
 
 def _value(text: str) -> str:
@@ -126,7 +125,7 @@ def steps(stack: Stack, ca_sha256: str | None) -> list[Step]:
                 CA_FILE,
                 src=stack.network.ca_bundle,
                 sha256=ca_sha256,
-                then=UPDATE_CA,
+                then=trust.update_script(CA_FILE),
             )
         )
     if stack.network.proxy:
