@@ -19,6 +19,7 @@ from gpurig.plan.steps import JobWait, Stage, Venv
 
 def sh(script: str, tmp_path: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
     script = script.replace(LOG_DIR, str(tmp_path / "log"))
+    script = script.replace("/etc/apt/sources.list", str(tmp_path / "sources.list"))
     env = {**os.environ, "PATH": f"{path}:{os.environ['PATH']}"} if path else None
     return subprocess.run(
         ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, env=env
@@ -92,6 +93,11 @@ def fake_update(tmp_path: Path, body: str) -> str:
 def test_the_trust_store_updates_in_the_background_and_apt_lets_it_end_first(
     tmp_path: Path,
 ) -> None:
+    # An https source (deb822): apt may go through the proxy whose CA the update adds.
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: https://deb.debian.org/debian\nSuites: trixie\n"
+    )
     ca = tmp_path / "gpurig-ca.crt"
     ca.write_text("a bundle")
     path = fake_update(tmp_path, f"sleep 1; echo updated; touch {tmp_path}/updated")
@@ -109,6 +115,19 @@ def test_the_trust_store_updates_in_the_background_and_apt_lets_it_end_first(
     assert ca.exists()
 
 
+def test_apt_with_http_sources_does_not_wait_for_the_trust_store(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text(
+        "# deb https://commented.example/debian bookworm main\n"
+        "deb http://deb.debian.org/debian bookworm main\n"
+    )
+    path = fake_update(tmp_path, f"sleep 2; touch {tmp_path}/updated")
+    assert sh(trust.update_script(str(tmp_path / "ca.crt")), tmp_path, path).returncode == 0
+    install = f"test -e {tmp_path}/updated || echo ran beside the update"
+    assert sh(apt_background.start_script(install), tmp_path).returncode == 0
+    assert "ran beside the update" in sh(apt_background.wait_script(), tmp_path).stdout
+    assert sh(trust.JOB.wait(), tmp_path).returncode == 0
+
+
 def test_a_failed_update_fails_its_wait_and_removes_the_bundle_for_a_retry(
     tmp_path: Path,
 ) -> None:
@@ -124,6 +143,7 @@ def test_a_failed_update_fails_its_wait_and_removes_the_bundle_for_a_retry(
 
 def test_apt_does_not_wait_on_a_trust_job_that_died_without_a_status(tmp_path: Path) -> None:
     # An earlier deploy was cut off and the host rebooted: the job's record stays, it does not.
+    (tmp_path / "sources.list").write_text("deb https://deb.debian.org/debian bookworm main\n")
     (tmp_path / "log").mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()

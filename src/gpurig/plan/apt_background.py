@@ -8,8 +8,9 @@ foreground install (a dpkg lock held past the bound, a package missing from the 
 bounded dpkg-lock wait is apt's own, as before.
 
 The job runs in the foreground when ca-certificates is missing: the trust store the venv's
-downloads need comes with it. Otherwise it first lets the trust store's update end
-(gpurig.plan.trust): apt's https sources may go through an intercepting proxy.
+downloads need comes with it. Where an apt source is https, the job first lets the trust
+store's update end (gpurig.plan.trust): it may go through an intercepting proxy whose CA that
+update adds. Plain http sources do not wait for it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from gpurig.plan.steps import JobWait, Stage
 FIRST_NEEDED = "ca-certificates"  # installed before anything else runs, when missing
 # The wait's bound: apt's own dpkg-lock wait, twice (update and install), and the install.
 JOB = Job("apt", "apt installs", wait_s=1800)
+# Any https source, one-line (sources.list) or deb822 (*.sources: "URIs: https://...").
+HTTPS_SOURCES = "grep -rqsE '^[^#]*https://' /etc/apt/sources.list /etc/apt/sources.list.d"
 
 
 def start_script(install: str) -> str:
@@ -35,7 +38,7 @@ def start_script(install: str) -> str:
             f"  {install}",
             "  exit $?",
             "fi",
-            *JOB.start(f"{trust.JOB.awaited()}; {install}"),
+            *JOB.start(f"if {HTTPS_SOURCES}; then {trust.JOB.awaited()}; fi; {install}"),
         ]
     )
 
