@@ -11,7 +11,13 @@
 
 The fleet figures (16 hosts, 8 fresh) are bench/bench_fleet.py's.
 
+`--offline FOLDER`: both sides install from a wheelhouse of the lock's wheels (filled once by
+gpurig's own download, then reused): gpurig with `install.offline` (it pushes every wheel),
+the floor with every wheel copied and `--no-index`. No download goes through the proxy, whose
+latency otherwise varies the figures of both sides from run to run.
+
     .venv/bin/python bench/bench_deploy.py [--out FILE] [--pairs 2] [--skip-blog] [--keep]
+        [--offline FOLDER]
 
 Needs a Docker engine (`gpurig sandbox engine`); hosts live in a temporary state dir and are
 removed at the end (unless --keep). Prints the figures and writes them as JSON.
@@ -27,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from fleetbench import (
     REPO,
     bench_fleet,
@@ -38,7 +45,7 @@ from fleetbench import (
     timed_ops,
 )
 
-from gpurig import bloomkit_wheel, lock, spec
+from gpurig import bloomkit_wheel, lock, spec, wheelhouse
 from gpurig.lock import _uv
 from gpurig.sandbox import Fleet, SandboxHost
 
@@ -83,8 +90,11 @@ def staged_files(tmp: Path) -> tuple[list[Path], str]:
     return [Path(_uv()), wheel.path, requirements, ca_copy, *local], target.torch
 
 
-def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> tuple[float, float]:
+def floor(
+    fleet: Fleet, host: SandboxHost, files: list[Path], offline: bool = False
+) -> tuple[float, float]:
     """Seconds of the whole floor, and of its smoke test alone."""
+    index = "--no-index" if offline else "--index-url https://pypi.org/simple"
     began = time.monotonic()
     scp(fleet, host, files, "/tmp/floor")
     remote(
@@ -93,7 +103,7 @@ def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> tuple[float, fl
         "set -e; cd /tmp/floor; export SSL_CERT_FILE=/tmp/floor/ca.pem; "
         "./uv venv --quiet --python /usr/bin/python3 /opt/floor; "
         "./uv pip install --quiet --python /opt/floor/bin/python --require-hashes "
-        "-r requirements.txt --index-url https://pypi.org/simple --find-links /tmp/floor",
+        f"-r requirements.txt {index} --find-links /tmp/floor",
     )
     smoke_began = time.monotonic()
     remote(fleet, host, "/opt/floor/bin/bloomkit smoke --json /tmp/floor/smoke.json --model tiny")
@@ -101,6 +111,18 @@ def floor(fleet: Fleet, host: SandboxHost, files: list[Path]) -> tuple[float, fl
     smoke = time.monotonic() - smoke_began
     print(f"  install floor (scp + uv pip install + smoke): {seconds:.1f} s", flush=True)
     return seconds, smoke
+
+
+def offline_stack(folder: Path, state_dir: Path) -> tuple[Path, list[Path]]:
+    """stack.yml with install.offline from `folder`, and the wheelhouse's wheels of TARGET
+    (gpurig.wheelhouse downloads what the folder lacks, once)."""
+    text = yaml.safe_load((REPO / "stack.yml").read_text())
+    text["install"] = {**text.get("install", {}), "offline": True, "wheelhouse": str(folder)}
+    path = state_dir / "stack-offline.yml"
+    path.write_text(yaml.safe_dump(text))
+    stack, locked = spec.load(path), lock.load(REPO / "lock")
+    chosen = wheelhouse.offline_wheels(stack, locked, locked.targets[TARGET])
+    return path, [Path(src) for src, _ in chosen.values()]
 
 
 def blog_route(fleet: Fleet, host: SandboxHost, files: list[Path], torch: str) -> float:
@@ -131,12 +153,18 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=2, help="gpurig and floor runs, in turns")
     parser.add_argument("--skip-blog", action="store_true", help="skip the blog-post route")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts")
+    parser.add_argument("--offline", type=Path, help="a wheelhouse both sides install from")
     args = parser.parse_args()
     with bench_fleet("deploy", keep=args.keep) as bench:
         fleet, env, figures = bench.fleet, bench.env, bench.figures
         print("starting identical fresh bookworm hosts", flush=True)
         hosts = fleet.up(2 * args.pairs + (0 if args.skip_blog else 1))
         files, torch = staged_files(bench.state_dir)
+        if args.offline:
+            stack_file, wheels = offline_stack(args.offline.absolute(), bench.state_dir)
+            env = {**env, "GPURIG_STACK": str(stack_file)}
+            files += [w for w in wheels if w.name not in {f.name for f in files}]
+            figures["offline"] = True
         print("fresh host to green smoke, gpurig and the floor in turns:", flush=True)
         ours: list[float] = []
         floors: list[float] = []
@@ -147,7 +175,7 @@ def main() -> int:
                 # path is CPU-bound, so the CPU each side spends bounds the ratio.
                 cpu_before = machine_cpu_s()
                 if turn == "floor":
-                    seconds, smoke = floor(fleet, bare, files)
+                    seconds, smoke = floor(fleet, bare, files, offline=bool(args.offline))
                     floors.append(seconds)
                     figures.setdefault("fresh_floor_smoke_s", []).append(smoke)
                 else:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gevent
 import pytest
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api.exceptions import OperationError
@@ -171,6 +172,33 @@ def test_what_the_early_push_did_not_place_is_pushed_again(
     fake = SimpleNamespace(print_prefix="[host-1] ")
     assert wheels.finish(None, fake, wheel_files, "/w", early) is True
     assert pushed_again == [wheel_files[1].name]  # only what failed in the background
+
+
+def test_a_push_keeps_a_few_wheels_in_flight_the_biggest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = [WheelFile(f"w{i}-1-py3-none-any.whl", "/src", "0" * 64, size=i) for i in range(8)]
+    started: list[str] = []
+    flying, most = 0, 0
+
+    def push(transport: object, wheel: WheelFile, directory: str) -> str | None:
+        nonlocal flying, most
+        started.append(wheel.name)
+        flying += 1
+        most = max(most, flying)
+        gevent.sleep(0.01)  # the bytes in flight: the other channels go on meanwhile
+        flying -= 1
+        if wheel.size == 3:
+            raise EOFError("connection lost")
+        return None
+
+    monkeypatch.setattr(wheels, "_push", push)
+    early = wheels.Push(many, "/w")
+    early.run(transport=None)  # type: ignore[arg-type]
+    assert started[0] == "w7-1-py3-none-any.whl"  # the longest transfer first
+    assert most == wheels.CHANNELS
+    assert early.done.pop("w3-1-py3-none-any.whl") == "EOFError: connection lost"
+    assert early.done == {w.name: None for w in many if w.size != 3}  # the others went on
 
 
 def _receive(tmp_path: Path, wheel: WheelFile, body: bytes) -> subprocess.CompletedProcess[str]:
