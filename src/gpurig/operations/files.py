@@ -29,7 +29,7 @@ from pyinfra.facts.files import Directory
 
 from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
-from gpurig.operations.stream import stream, transport_of
+from gpurig.operations.stream import stream, transport_of, what_host_read
 from gpurig.plan.hashing import tee_hashed
 
 
@@ -59,8 +59,7 @@ def put(
     status, out, err = stream(transport, data, receive(dest, mode, owner, sha256))
     if status == 0 and out == sha256:
         return True
-    said = f"{out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"
-    logger.error(f"{host.print_prefix}{dest}: the host read {said}")
+    logger.error(f"{host.print_prefix}{dest}: {what_host_read(status, out, err)}")
     return False
 
 

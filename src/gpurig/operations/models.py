@@ -25,7 +25,7 @@ from pyinfra.api.operation import operation
 from pyinfra.api.state import State
 from pyinfra.context import host
 
-from gpurig.operations.stream import stream, transport_of
+from gpurig.operations.stream import stream, transport_of, what_host_read
 from gpurig.plan.models import Models, ModelUpload, missing, receive
 
 BIG_BYTES = 64 << 20  # files from this size on get progress lines
@@ -75,7 +75,7 @@ def _stream(transport: Transport, item: ModelUpload, incoming: str, report: Any)
     status, out, err = stream(transport, item.src, receive(item, incoming), sent)
     if status == 0 and out == item.blob:
         return None
-    return f"the host read {out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"
+    return what_host_read(status, out, err)
 
 
 def upload(state: State, host: Host, uploads: list[ModelUpload], incoming: str) -> bool:

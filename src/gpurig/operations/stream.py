@@ -52,3 +52,9 @@ def stream(
         return channel.recv_exit_status(), out, err
     finally:
         channel.close()
+
+
+def what_host_read(status: int, out: str, err: str) -> str:
+    """A streamed file the host did not take, in the words every push logs: the hash it read
+    (or nothing), its exit status, and the end of its stderr."""
+    return f"the host read {out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"

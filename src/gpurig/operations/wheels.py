@@ -32,7 +32,7 @@ from pyinfra.api.state import State
 from pyinfra.context import host
 
 from gpurig.facts.system import FileSizes
-from gpurig.operations.stream import stream, transport_of
+from gpurig.operations.stream import stream, transport_of, what_host_read
 from gpurig.plan.hashing import tee_hashed
 from gpurig.plan.steps import WheelFile
 
@@ -56,7 +56,7 @@ def _push(transport: Transport, wheel: WheelFile, directory: str) -> str | None:
     status, out, err = stream(transport, wheel.src, receive(wheel, directory))
     if status == 0 and out == wheel.sha256:
         return None
-    return f"the host read {out or 'nothing'} (exit {status}{': ' + err[-300:] if err else ''})"
+    return what_host_read(status, out, err)
 
 
 # Wheels in flight at once, each on its own exec channel of the one connection: every file's
