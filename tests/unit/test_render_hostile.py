@@ -18,7 +18,8 @@ import pytest
 from gpurig import spec
 from gpurig.errors import GpurigError
 from gpurig.plan import python, smoke, system
-from gpurig.plan.venv import CHANGED, build_script
+from gpurig.plan.steps import CHANGED
+from gpurig.plan.venv import build_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

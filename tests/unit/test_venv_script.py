@@ -22,7 +22,8 @@ import pytest
 
 from gpurig.facts.system import VenvState
 from gpurig.hostlayout import MARKER
-from gpurig.plan.venv import CHANGED, build_script, marker_json
+from gpurig.plan.steps import CHANGED
+from gpurig.plan.venv import build_script, marker_json
 
 UV = str(Path(sys.executable).with_name("uv"))
 pytestmark = pytest.mark.skipif(not Path(UV).exists(), reason="needs the .venv's uv")

@@ -13,9 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from gpurig.hostlayout import LOG_DIR
-
-CHANGED = "gpurig: changed: "
-UNCHANGED = "gpurig: unchanged"
+from gpurig.plan.steps import CHANGED, UNCHANGED
 
 
 @dataclass(frozen=True)

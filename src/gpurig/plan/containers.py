@@ -25,10 +25,10 @@ from gpurig.hostlayout import (
 )
 from gpurig.lock import Target
 from gpurig.model.host import HostFacts
-from gpurig.plan.driver import UNCHANGED, key_fingerprints, logged
+from gpurig.plan.driver import key_fingerprints, logged
 from gpurig.plan.image import image_tag
 from gpurig.plan.smoke import smoke_args
-from gpurig.plan.steps import File, Script, Step
+from gpurig.plan.steps import UNCHANGED, File, Script, Step
 from gpurig.plan.system import apt_get, installed
 from gpurig.spec import Stack
 

@@ -25,6 +25,7 @@ from gpurig.diagnose import Context
 from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
+from gpurig.plan.steps import UNCHANGED
 from gpurig.plan.system import apt_get
 from gpurig.spec import Nvidia, Stack
 
@@ -46,7 +47,6 @@ CUDA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x
 CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
 # NVIDIA's CUDA repository signing key since 2022 (3bf863cc), as its install guide gives it.
 CUDA_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
-UNCHANGED = "gpurig: unchanged"  # what a host-side step prints when it has nothing to do
 REBOOT_TIMEOUT_S = 900  # servers with many GPUs and a long POST take minutes
 ENV_REBOOT_TIMEOUT = "GPURIG_REBOOT_TIMEOUT_S"
 # What changes with every boot: the kernel's boot id (a VM's reboot), and PID 1's start time in

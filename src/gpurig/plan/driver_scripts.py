@@ -18,11 +18,11 @@ from gpurig.plan import fabric
 from gpurig.plan.driver import (
     BOOT_MARKER,
     CUDA_KEYRING,
-    UNCHANGED,
     Driver,
     logged,
     unit_command,
 )
+from gpurig.plan.steps import UNCHANGED
 from gpurig.plan.system import apt_get
 
 REBOOT_NEEDED = "gpurig: reboot needed: "

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from gpurig.errors import GpurigError
 from gpurig.model.host import GpuState
-from gpurig.plan.driver import UNCHANGED, Driver, DriverPlan, logged
+from gpurig.plan.driver import Driver, DriverPlan, logged
+from gpurig.plan.steps import UNCHANGED
 from gpurig.plan.system import apt_get
 
 SERVICE = "nvidia-fabricmanager"

@@ -27,10 +27,9 @@ from gpurig.facts.hub import HubAnswer, answer
 from gpurig.hostlayout import ENV_FILE, MODELS_INCOMING, hub_dir, model_dir
 from gpurig.model.host import HostFacts
 from gpurig.plan.hashing import SHA256_FUNCTION, SHA256_STDIN, sha256_command, tee_hashed
-from gpurig.plan.steps import Step
+from gpurig.plan.steps import CHANGED, Step
 from gpurig.spec import HubModel, Stack
 
-CHANGED = "gpurig: changed: "
 HASHED = ".hashed"  # beside a pushed file: hashed on the host as it was written (`receive`)
 CHECKED = "checked"  # the check's last line: it ran to its end (a cut-off check proves nothing)
 # The Hub's download, run by the venv's python as the service user; the revision is pinned.

@@ -13,6 +13,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# What a host-side script of a step prints: each change it makes (or, in a dry run, would
+# make) on a line of its own, or this when it has nothing to do. Ansible's changed_when and
+# the pyinfra operations read them.
+CHANGED = "gpurig: changed: "
+UNCHANGED = "gpurig: unchanged"
+
 
 @dataclass(frozen=True)
 class Step:

@@ -11,7 +11,7 @@ from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import APT_PROXY_FILE, CA_FILE, ENV_FILE, STATE_DIR, SYSTEM_CA_BUNDLE
 from gpurig.plan import trust
 from gpurig.plan.apt_background import start_script
-from gpurig.plan.steps import AptPackages, Directories, File, ServiceUser, Step
+from gpurig.plan.steps import UNCHANGED, AptPackages, Directories, File, ServiceUser, Step
 from gpurig.spec import Stack
 
 ENV_APT_LOCK_TIMEOUT = "GPURIG_APT_LOCK_TIMEOUT_S"
@@ -108,7 +108,7 @@ def apt_script(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) ->
     status = "-f='${db:Status-Abbrev}\\n'"
     installed = f"dpkg-query -W {status} -- {names} 2>/dev/null | grep -c '^ii'"
     return (
-        f'if [ "$({installed})" -eq {len(packages)} ]; then echo "gpurig: unchanged"; exit 0; fi\n'
+        f'if [ "$({installed})" -eq {len(packages)} ]; then echo "{UNCHANGED}"; exit 0; fi\n'
         f"{start_script(apt_install(packages, lock_timeout_s))}"
     )
 

@@ -25,13 +25,12 @@ from gpurig.bloomkit_wheel import Wheel
 from gpurig.hostlayout import ENV_FILE, MARKER, REQUIREMENTS_DIR, UV_BIN, WHEEL_DIR, Layout, venv_id
 from gpurig.lock import Target
 from gpurig.plan.python import SYSTEM_PYTHON, uv_settings
-from gpurig.plan.steps import File, Step, Venv, WheelFile, Wheels
+from gpurig.plan.steps import CHANGED, File, Step, Venv, WheelFile, Wheels
 from gpurig.spec import Stack
 
 # A second install of the same host (an earlier run cut off mid-way, still running on the
 # host) holds this lock; wait for it rather than build over it.
 LOCK_WAIT_S = 1800
-CHANGED = "gpurig: changed: "
 COMPILE_TIMEOUT_S = 300  # the bytecode beside the import check: a hang must not hold the build
 
 
