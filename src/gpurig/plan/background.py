@@ -49,15 +49,18 @@ class Job:
             f'echo "{CHANGED}{self.doing} in the background ({self.log})"',
         ]
 
+    def _poll(self, busy: str) -> str:
+        """Shell that sleeps while `busy` holds, up to the wait's bound."""
+        return (
+            f"i=0; while {busy} && [ $i -lt {self.wait_s * 5} ]; do sleep 0.2; i=$((i + 1)); done"
+        )
+
     def awaited(self) -> str:
         """One line for another job that needs this one done first: it waits while this job
         runs (bounded), and leaves its result to the wait step."""
         q = shlex.quote
-        return (
-            f"if read -r j p < {q(self.running)} 2>/dev/null; then i=0; "
-            f'while [ ! -e {q(self.status)}."$j" ] && kill -0 "$p" 2>/dev/null '
-            f"&& [ $i -lt {self.wait_s * 5} ]; do sleep 0.2; i=$((i + 1)); done; fi"
-        )
+        running = f'[ ! -e {q(self.status)}."$j" ] && kill -0 "$p" 2>/dev/null'
+        return f"if read -r j p < {q(self.running)} 2>/dev/null; then {self._poll(running)}; fi"
 
     def wait(self) -> str:
         """The wait step's script: the job's log, and its exit status."""
@@ -67,8 +70,7 @@ class Job:
                 f'if [ ! -e {q(self.running)} ]; then echo "{UNCHANGED}"; exit 0; fi',
                 f"read -r j p < {q(self.running)}",
                 f'S={q(self.status)}."$j"',
-                f'i=0; while [ ! -e "$S" ] && [ $i -lt {self.wait_s * 5} ]; do sleep 0.2; '
-                "i=$((i + 1)); done",
+                self._poll('[ ! -e "$S" ]'),
                 f"cat {q(self.log)} 2>/dev/null",
                 'if [ ! -e "$S" ]; then',
                 f'  echo "{self.name}: not done after {self.wait_s} s (its log: {self.log})" >&2',
