@@ -35,6 +35,10 @@ UBUNTU_KERNEL = "6.8.0-45-generic"
 DEBIAN_KERNEL = "6.1.0-25-cloud-amd64"
 PREFIX = "NVIDIA driver | "
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=120 -o Dpkg::Use-Pty=0"
+APT_UPDATE = (
+    f"{APT} $(ls /var/lib/apt/lists 2>/dev/null | grep -q _Translation- "
+    "|| echo -o Acquire::Languages=none) update"
+)
 
 
 def stack(branch: int = 580, variants: list[str] | None = None, **nvidia: object) -> spec.Stack:
@@ -189,5 +193,5 @@ def run_stage(
 
 def install_command(packages: str, log: str = "nvidia-driver") -> str:
     return driver_plan.logged(
-        f"{APT} update && {APT} install -y --no-install-recommends -- {packages}", log
+        f"{APT_UPDATE} && {APT} install -y --no-install-recommends -- {packages}", log
     )

@@ -29,7 +29,7 @@ from gpurig.plan.driver import key_fingerprints, logged
 from gpurig.plan.image import image_tag
 from gpurig.plan.smoke import smoke_args
 from gpurig.plan.steps import UNCHANGED, File, Script, Step
-from gpurig.plan.system import apt_get, installed
+from gpurig.plan.system import apt_get, apt_update, installed
 from gpurig.spec import Stack
 
 ENGINE_PACKAGE = "docker.io"  # Debian's and Ubuntu's own engine: no outside repository
@@ -65,7 +65,7 @@ def keyring_script() -> str:
     return f"""set -e
 if {_keyring_in_place()}; then echo "{UNCHANGED}"; exit 0; fi
 apt_get() {{ {apt_get()} "$@"; }}
-command -v curl >/dev/null && command -v gpg >/dev/null || {{ apt_get update; apt_get install -y --no-install-recommends curl gpg ca-certificates; }}
+command -v curl >/dev/null && command -v gpg >/dev/null || {{ {apt_update()}; apt_get install -y --no-install-recommends curl gpg ca-certificates; }}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; mkdir "$tmp/k"
 if ! curl -fsSL --retry 3 -o "$tmp/k/key.asc" {url} 2>"$tmp/err"; then echo "gpurig: container toolkit repository unreachable: {TOOLKIT_KEY_URL}: $(tr '\\n' ' ' <"$tmp/err")"; exit 1; fi
 fprs=$({key_fingerprints('"$tmp/k"')})

@@ -26,7 +26,7 @@ from gpurig.errors import GpurigError, UsageError
 from gpurig.hostlayout import LOG_DIR
 from gpurig.model.host import GpuState, HostFacts
 from gpurig.plan.steps import UNCHANGED
-from gpurig.plan.system import apt_get
+from gpurig.plan.system import apt_get, apt_update
 from gpurig.spec import Nvidia, Stack
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ def cuda_keyring_script(plan: DriverPlan) -> str:
     return f"""set -e
 if dpkg-query -W -f='${{Status}}' cuda-keyring 2>/dev/null | grep -q 'ok installed'; then echo "{UNCHANGED}"; exit 0; fi
 apt_get() {{ {apt_get()} "$@"; }}
-command -v curl >/dev/null && command -v gpg >/dev/null || {{ apt_get update; apt_get install -y --no-install-recommends curl gpg ca-certificates; }}
+command -v curl >/dev/null && command -v gpg >/dev/null || {{ {apt_update()}; apt_get install -y --no-install-recommends curl gpg ca-certificates; }}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 curl -fsSL --retry 3 -o "$tmp/keyring.deb" {shlex.quote(url)}
 dpkg-deb -x "$tmp/keyring.deb" "$tmp/x"

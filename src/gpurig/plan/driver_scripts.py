@@ -23,7 +23,7 @@ from gpurig.plan.driver import (
     unit_command,
 )
 from gpurig.plan.steps import UNCHANGED
-from gpurig.plan.system import apt_get
+from gpurig.plan.system import apt_get, apt_update
 
 REBOOT_NEEDED = "gpurig: reboot needed: "
 
@@ -40,7 +40,7 @@ def _missing(packages: list[str]) -> str:
 
 def install(packages: list[str], log: str) -> str:
     apt = apt_get()
-    command = f"{apt} update && {apt} install -y --no-install-recommends -- $missing"
+    command = f"{apt_update()} && {apt} install -y --no-install-recommends -- $missing"
     return (
         f"{_missing(packages)}\n"
         f'if [ -z "$missing" ]; then echo "{UNCHANGED}"; exit 0; fi\n'
@@ -54,7 +54,7 @@ def headers(driver: Driver) -> str:
     running, *metas = driver.plan.headers
     apt = apt_get()
     command = (
-        f'{apt} update && for p in $missing; do if apt-cache show "$p" >/dev/null 2>&1; then '
+        f'{apt_update()} && for p in $missing; do if apt-cache show "$p" >/dev/null 2>&1; then '
         f'{apt} install -y --no-install-recommends -- "$p" || exit 1; '
         'else echo "gpurig: no $p in the archives"; fi; done'
     )

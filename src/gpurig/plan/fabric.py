@@ -28,7 +28,7 @@ from gpurig.errors import GpurigError
 from gpurig.model.host import GpuState
 from gpurig.plan.driver import Driver, DriverPlan, logged
 from gpurig.plan.steps import UNCHANGED
-from gpurig.plan.system import apt_get
+from gpurig.plan.system import apt_get, apt_update
 
 SERVICE = "nvidia-fabricmanager"
 NOT_RUNNING = "gpurig: nvidia-fabricmanager is not running"  # the diagnosis signature's anchor
@@ -110,7 +110,7 @@ def install_script(fabric: Fabric) -> str:
         "done)"
     )
     command = (
-        f"{apt} update || exit 1; {pick}; "
+        f"{apt_update()} || exit 1; {pick}; "
         f'[ -n "$version" ] || {{ echo "{missing} $driver in the apt sources"; exit 1; }}; '
         f"{apt} install -y --no-install-recommends --allow-change-held-packages -- "
         f'"{fabric.package}=$version"'

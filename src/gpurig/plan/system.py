@@ -80,11 +80,23 @@ def apt_get(lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
     )
 
 
+APT_LISTS = "/var/lib/apt/lists"
+
+
+def apt_update(lock_timeout_s: int = APT_LOCK_TIMEOUT_S, lists: str = APT_LISTS) -> str:
+    """Refresh the lists: every gpurig step's `apt-get update`. The translated descriptions
+    (Translation-*: 32 MB for bookworm's main alone) are fetched only where the host already
+    has them: a fresh host's first refresh skips ~0.7 CPU-s of decompression that no install
+    reads, and a host's lists are never cut back."""
+    keep = f"ls {shlex.quote(lists)} 2>/dev/null | grep -q _Translation-"
+    return f"{apt_get(lock_timeout_s)} $({keep} || echo -o Acquire::Languages=none) update"
+
+
 def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
     """Refresh the lists, then install; `--` so that no name is read as an option."""
     apt = apt_get(lock_timeout_s)
     names = " ".join(shlex.quote(p) for p in packages)
-    return f"{apt} update && {apt} install -y --no-install-recommends -- {names}"
+    return f"{apt_update(lock_timeout_s)} && {apt} install -y --no-install-recommends -- {names}"
 
 
 def installed(step_id: str, name: str, packages: list[str]) -> AptPackages:
