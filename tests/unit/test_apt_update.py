@@ -37,9 +37,7 @@ TRANSLATION = "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en"
 
 
 @pytest.mark.parametrize("lists", [[], [MAIN]], ids=["fresh", "lists-without-translations"])
-def test_a_host_without_translations_is_not_sent_for_them(
-    tmp_path: Path, lists: list[str]
-) -> None:
+def test_a_host_without_translations_is_not_sent_for_them(tmp_path: Path, lists: list[str]) -> None:
     args = updated_with(tmp_path, lists)
     assert args[-3:] == ["-o", "Acquire::Languages=none", "update"]
 
