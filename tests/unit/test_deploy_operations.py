@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import gevent
 import pytest
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api.exceptions import OperationError
@@ -31,7 +30,18 @@ from gpurig.facts.system import (
     Venvs,
     VenvState,
 )
-from gpurig.operations import apt, control, files, python, script, smoke, users, venv, wheels
+from gpurig.operations import (
+    apt,
+    control,
+    early,
+    files,
+    python,
+    script,
+    smoke,
+    users,
+    venv,
+    wheels,
+)
 from gpurig.plan import smoke as plan_smoke
 from gpurig.plan.steps import Script, Smoke, Venv, WheelFile
 from gpurig.plan.venv import marker_json
@@ -136,69 +146,45 @@ def test_push_is_a_noop_when_sizes_match(wheel_files: list[WheelFile]) -> None:
     assert fake.noops == ["2 file(s) in /w"]
 
 
+def early_push(wheels_: list[WheelFile], directory: str = "/w") -> early.Push:
+    """A push preflight would have started, not running: its outcomes set by the test."""
+    return early.Push([wheels.transfer(w, directory) for w in wheels_])
+
+
 def test_an_early_push_is_waited_for_and_its_failures_fail_the_operation(
     wheel_files: list[WheelFile],
 ) -> None:
-    early = wheels.Push(wheel_files, "/w")
-    early.greenlet = SimpleNamespace(join=lambda: None)
+    pushing = early_push(wheel_files)
     # The early push placed `a` already: the fact sees it, the operation still waits for it.
     sizes = {"a-1-py3-none-any.whl": 10}
     commands, _ = run_op(
-        wheels.pushed, {FileSizes: sizes}, wheels=wheel_files, directory="/w", early=early
+        wheels.pushed, {FileSizes: sizes}, wheels=wheel_files, directory="/w", early=pushing
     )
     (finish,) = commands
     assert isinstance(finish, FunctionCommand)
     assert finish.args[0] == wheel_files
     fake = SimpleNamespace(print_prefix="[host-1] ")
-    early.done = {w.name: None for w in wheel_files}
+    pushing.done = {w.name: None for w in wheel_files}
     assert wheels.finish(None, fake, *finish.args) is True
-    early.done["b-1-py3-none-any.whl"] = "the host read nothing (exit 1)"
+    pushing.done["b-1-py3-none-any.whl"] = "the host read nothing (exit 1)"
     assert wheels.finish(None, fake, *finish.args) is False  # no connection to push it again
 
 
 def test_what_the_early_push_did_not_place_is_pushed_again(
     wheel_files: list[WheelFile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    early = wheels.Push(wheel_files, "/w")
-    early.greenlet = SimpleNamespace(join=lambda: None)
-    early.done = {wheel_files[0].name: None, wheel_files[1].name: "EOFError: connection lost"}
+    pushing = early_push(wheel_files)
+    pushing.done = {wheel_files[0].name: None, wheel_files[1].name: "EOFError: connection lost"}
     pushed_again: list[str] = []
 
-    def push(transport: object, wheel: WheelFile, directory: str) -> None:
-        pushed_again.append(wheel.name)
+    def send(transport: object, transfer: early.Transfer) -> None:
+        pushed_again.append(transfer.key)
 
     monkeypatch.setattr(wheels, "transport_of", lambda host: object())
-    monkeypatch.setattr(wheels, "_push", push)
+    monkeypatch.setattr(wheels, "send", send)
     fake = SimpleNamespace(print_prefix="[host-1] ")
-    assert wheels.finish(None, fake, wheel_files, "/w", early) is True
+    assert wheels.finish(None, fake, wheel_files, "/w", pushing) is True
     assert pushed_again == [wheel_files[1].name]  # only what failed in the background
-
-
-def test_a_push_keeps_a_few_wheels_in_flight_the_biggest_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    many = [WheelFile(f"w{i}-1-py3-none-any.whl", "/src", "0" * 64, size=i) for i in range(8)]
-    started: list[str] = []
-    flying, most = 0, 0
-
-    def push(transport: object, wheel: WheelFile, directory: str) -> str | None:
-        nonlocal flying, most
-        started.append(wheel.name)
-        flying += 1
-        most = max(most, flying)
-        gevent.sleep(0.01)  # the bytes in flight: the other channels go on meanwhile
-        flying -= 1
-        if wheel.size == 3:
-            raise EOFError("connection lost")
-        return None
-
-    monkeypatch.setattr(wheels, "_push", push)
-    early = wheels.Push(many, "/w")
-    early.run(transport=None)  # type: ignore[arg-type]
-    assert started[0] == "w7-1-py3-none-any.whl"  # the longest transfer first
-    assert most == wheels.CHANNELS
-    assert early.done.pop("w3-1-py3-none-any.whl") == "EOFError: connection lost"
-    assert early.done == {w.name: None for w in many if w.size != 3}  # the others went on
 
 
 def _receive(tmp_path: Path, wheel: WheelFile, body: bytes) -> subprocess.CompletedProcess[str]:

@@ -42,9 +42,9 @@ PLAN_KEY = "gpurig_plan"
 VERDICT_KEY = "gpurig_verdict"
 FACTS_KEY = "gpurig_facts"
 IN_PLACE_KEY = "gpurig_in_place"  # what the host already has (gpurig.facts.in_place)
-WHEEL_PUSH_KEY = "gpurig_wheel_push"  # the push preflight started (gpurig.operations.wheels)
+PUSH_KEY = "gpurig_push"  # the push preflight started (gpurig.operations.early)
 # Set by `gpurig deploy` when the run will execute (-y, not --dry): preflight may then start
-# the wheels' push before the steps ahead of it have run.
+# the push of the wheels and big files before the steps ahead of theirs have run.
 EARLY_PUSH_KEY = "gpurig_early_push"
 
 

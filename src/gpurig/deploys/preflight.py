@@ -6,8 +6,8 @@ decides and plans, as it does for `gpurig preflight` and the Ansible role.
 A host with a problem gets a single operation that stops it with the reason; the deploy adds
 nothing else for it, and the other hosts go on. A host that passes gets one more round trip:
 what of its plan it already has (gpurig.facts.in_place), which the later stages skip; the
-wheels it lacks start on their way then (gpurig.operations.wheels), beside the steps before
-them.
+wheels and big files it lacks start on their way then (gpurig.operations.early), beside the
+steps before theirs.
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ from gpurig.deploys import (
     FACTS_KEY,
     IN_PLACE_KEY,
     PLAN_KEY,
+    PUSH_KEY,
     SPEC_DEFAULTS,
     VERDICT_KEY,
-    WHEEL_PUSH_KEY,
     controller,
     host_values,
 )
 from gpurig.deploys.progress import tracker
+from gpurig.deploys.render import early_transfers
 from gpurig.deploys.verify import RUN, watch_run
 from gpurig.facts import in_place
 from gpurig.facts.preflight_probe import PreflightProbe
 from gpurig.facts.system import dpkg_lock_holder
 from gpurig.hostlayout import CLUSTER_ENV, LAUNCHER, LIMITS_FILE
 from gpurig.model.host import HostFacts
-from gpurig.operations import control, wheels
+from gpurig.operations import control, early
 from gpurig.plan import HostPlan
-from gpurig.plan.steps import Wheels
 from gpurig.plan.system import APT_LOCK_TIMEOUT_S
 from gpurig.preflight import Verdict
 
@@ -84,9 +84,8 @@ def preflight() -> HostPlan:
         cluster_files = (CLUSTER_ENV, LAUNCHER, LIMITS_FILE)
         known = in_place.read(host, plan, cluster_files)
         setattr(host.data, IN_PLACE_KEY, known)
-        step = next((s for s in plan.steps() if isinstance(s, Wheels)), None)
-        if step and step.id not in known.steps and host.data.get(EARLY_PUSH_KEY):
-            push = wheels.start_early(host, step.wheels, step.directory, known.wheels)
-            setattr(host.data, WHEEL_PUSH_KEY, push)
+        if host.data.get(EARLY_PUSH_KEY):
+            push = early.start(host, early_transfers(plan.steps(), known))
+            setattr(host.data, PUSH_KEY, push)
         tracker().end(host.name, "preflight")
     return plan

@@ -18,8 +18,9 @@ from pyinfra.context import host
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import systemd
 
-from gpurig.deploys import WHEEL_PUSH_KEY, host_in_place, run_if
-from gpurig.operations import apt, background, files, users, wheels
+from gpurig.deploys import PUSH_KEY, host_in_place, run_if
+from gpurig.facts.in_place import HostInPlace
+from gpurig.operations import apt, background, early, files, users, wheels
 from gpurig.operations.models import placed
 from gpurig.operations.python import managed_python
 from gpurig.operations.script import scripted
@@ -45,6 +46,29 @@ def _needed(step: Step) -> Callable[[], bool]:
     return run_if(step.id not in host_in_place().steps)
 
 
+def _owner(step: File) -> str:
+    return f"{step.owner}:{step.group}"
+
+
+def _big(src: str) -> bool:
+    return Path(src).stat().st_size >= early.MIN_BYTES
+
+
+def early_transfers(steps: list[Step], known: HostInPlace) -> list[early.Transfer]:
+    """What preflight pushes in the background (gpurig.operations.early): the wheels the host
+    lacks, and the big controller files of the steps not in place."""
+    out: list[early.Transfer] = []
+    for step in steps:
+        if step.id in known.steps:
+            continue
+        if isinstance(step, Wheels):
+            lacking = wheels.missing(step.wheels, known.wheels)
+            out += [wheels.transfer(w, step.directory) for w in lacking]
+        elif isinstance(step, File) and step.src and _big(step.src):
+            out.append(files.transfer(step.src, step.path, step.mode, _owner(step), step.sha256))
+    return out
+
+
 def _file(step: File) -> None:
     if not step.present:
         pyinfra_files.file(name=step.name, path=step.path, present=False, _if=_needed(step))
@@ -55,9 +79,10 @@ def _file(step: File) -> None:
         src=src,
         dest=step.path,
         mode=step.mode,
-        owner=f"{step.owner}:{step.group}",
+        owner=_owner(step),
         then=step.then,
         sha256=step.sha256 or None,  # the plan hashed it once for every host
+        early=host.data.get(PUSH_KEY),
         _if=_needed(step),
     )
 
@@ -110,7 +135,7 @@ def apply(step: Step) -> None:
             name=step.name,
             wheels=step.wheels,
             directory=step.directory,
-            early=host.data.get(WHEEL_PUSH_KEY),
+            early=host.data.get(PUSH_KEY),
             _if=_needed(step),
         )
     elif isinstance(step, Venv):

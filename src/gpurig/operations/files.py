@@ -29,6 +29,7 @@ from pyinfra.facts.files import Directory
 
 from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
+from gpurig.operations.early import Push, Transfer
 from gpurig.operations.stream import stream, transport_of, what_host_read
 from gpurig.plan.hashing import tee_hashed
 
@@ -48,11 +49,30 @@ def receive(dest: str, mode: str, owner: str, sha256: str) -> str:
     )
 
 
+def transfer(src: str, dest: str, mode: str, owner: str, sha256: str) -> Transfer:
+    """A controller file for preflight's background push (gpurig.operations.early)."""
+    size = Path(src).stat().st_size
+    return Transfer(dest, src, size, sha256, receive(dest, mode, owner, sha256))
+
+
 def put(
-    state: State, host: Host, src: bytes | Path, dest: str, mode: str, owner: str, sha256: str
+    state: State,
+    host: Host,
+    src: bytes | Path,
+    dest: str,
+    mode: str,
+    owner: str,
+    sha256: str,
+    early: Push | None = None,
 ) -> bool:
-    """`receive` over the host's SSH connection; False names the failure. (pyinfra passes
-    `state` and `host` by these names.)"""
+    """`receive` over the host's SSH connection, or the outcome of `early`'s push of `dest`
+    (pushed again when that failed); False names the failure. (pyinfra passes `state` and
+    `host` by these names.)"""
+    if early is not None and dest in early:
+        problem = early.outcome(dest)
+        if problem is None:
+            return True
+        logger.warning(f"{host.print_prefix}{dest}: {problem}; again")
     transport = transport_of(host)
     assert transport is not None  # the operation chose this path for an SSH connection
     data = src if isinstance(src, bytes) else str(src)
@@ -71,17 +91,24 @@ def installed(
     owner: str = "root:root",
     then: str | None = None,
     sha256: str | None = None,
+    early: Push | None = None,
 ) -> Generator[Any, None, None]:
     """`dest` holds `src` (bytes, or a controller file) with this mode and owner; `then` runs
-    after its content changed.
+    after its content changed. `early`: the push preflight started, which may be placing `dest`
+    (its probe found it missing or different): this waits for that, whatever the file is now.
 
     One fact and one operation: unlike files.put followed by an `_if=...did_change` command,
     a dry run can tell whether `then` will run.
     """
-    current = host.get_fact(FileState, path=dest)
     digest = sha256 or (
         file_digest(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest()
     )
+    if early is not None and dest in early:
+        yield FunctionCommand(put, (src, dest, mode, owner, digest), {"early": early})
+        if then:
+            yield then
+        return
+    current = host.get_fact(FileState, path=dest)
     new_content = current is None or current.sha256 != digest
     commands: list[Any] = []
     if new_content and transport_of(host) is not None:
