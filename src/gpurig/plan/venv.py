@@ -67,7 +67,7 @@ def import_check(target: Target) -> str:
 
 def compile_beside_check(python: str) -> str:
     """Root's `python -m bloomkit.warm` in the background, beside the import check: the
-    bytecode of most of what the smoke imports, on the core the check leaves idle, written
+    bytecode of what the smoke imports beyond the check, on the core it leaves idle, written
     before the venv goes live (the service user cannot write it into root's venv, and would
     otherwise compile those modules in memory on every smoke). Niced below the check, bounded,
     isolated (-I: no cwd or user site on its path, no PYTHON* variables), in a clean
