@@ -36,7 +36,8 @@ DEBIAN_KERNEL = "6.1.0-25-cloud-amd64"
 PREFIX = "NVIDIA driver | "
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=120 -o Dpkg::Use-Pty=0"
 APT_UPDATE = (
-    f"{APT} $(ls /var/lib/apt/lists 2>/dev/null | grep -q _Translation- "
+    f"{APT} -o Acquire::CompressionTypes::Order::=gz "
+    "$(ls /var/lib/apt/lists 2>/dev/null | grep -q _Translation- "
     "|| echo -o Acquire::Languages=none) update"
 )
 

@@ -1,5 +1,5 @@
-"""Every gpurig `apt-get update` (gpurig.plan.system.apt_update): a host without translated
-descriptions is not sent for them; a host that has them keeps them."""
+"""Every gpurig `apt-get update` (gpurig.plan.system.apt_update): gzip lists first; a host
+without translated descriptions is not sent for them, a host that has them keeps them."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ TRANSLATION = "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en"
 def test_a_host_without_translations_is_not_sent_for_them(tmp_path: Path, lists: list[str]) -> None:
     args = updated_with(tmp_path, lists)
     assert args[-3:] == ["-o", "Acquire::Languages=none", "update"]
+
+
+def test_gzip_lists_come_first(tmp_path: Path) -> None:
+    args = updated_with(tmp_path, [])
+    assert args[args.index("Acquire::CompressionTypes::Order::=gz") - 1] == "-o"
 
 
 def test_a_host_with_translations_keeps_them(tmp_path: Path) -> None:

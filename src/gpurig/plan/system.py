@@ -84,12 +84,18 @@ APT_LISTS = "/var/lib/apt/lists"
 
 
 def apt_update(lock_timeout_s: int = APT_LOCK_TIMEOUT_S, lists: str = APT_LISTS) -> str:
-    """Refresh the lists: every gpurig step's `apt-get update`. The translated descriptions
-    (Translation-*: 32 MB for bookworm's main alone) are fetched only where the host already
-    has them: a fresh host's first refresh skips ~0.7 CPU-s of decompression that no install
-    reads, and a host's lists are never cut back."""
+    """Refresh the lists: every gpurig step's `apt-get update`. Two costs a fresh host's first
+    refresh pays for nothing (bookworm, 2 cores: 2.7 → 1.4 CPU-s):
+    - gzip-compressed lists first, where the archive has them (Debian's do): a third more bytes
+      than xz, a quarter of its decompression CPU; the signed Release file pins every form's
+      hash alike, and a source without them falls back to apt's own order;
+    - the translated descriptions (Translation-*: 32 MB for bookworm's main alone), fetched
+      only where the host already has them, so that a host's lists are never cut back."""
     keep = f"ls {shlex.quote(lists)} 2>/dev/null | grep -q _Translation-"
-    return f"{apt_get(lock_timeout_s)} $({keep} || echo -o Acquire::Languages=none) update"
+    return (
+        f"{apt_get(lock_timeout_s)} -o Acquire::CompressionTypes::Order::=gz "
+        f"$({keep} || echo -o Acquire::Languages=none) update"
+    )
 
 
 def apt_install(packages: list[str], lock_timeout_s: int = APT_LOCK_TIMEOUT_S) -> str:
