@@ -69,6 +69,7 @@ def test_a_step_waits_for_its_own_file_not_the_whole_push(
     with gevent.Timeout(5):
         assert push.outcome("/usr/local/bin/uv") is None
     assert "torch.whl" not in push.done  # the big one is still on its way
+    assert list(push.seconds) == ["/usr/local/bin/uv"]  # each file's own seconds
     release.set()
     with gevent.Timeout(5):
         assert push.outcome("torch.whl") is None

@@ -59,7 +59,7 @@ class Push:
 
     transfers: list[Transfer]
     done: dict[str, str | None] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # each file's, from the start
     greenlet: Any = None
     ended: dict[str, Event] = field(default_factory=dict)
 
@@ -80,10 +80,10 @@ class Push:
                     self.done[transfer.key] = send(transport, transfer)
                 except Exception as error:
                     self.done[transfer.key] = f"{type(error).__name__}: {error}"
+                self.seconds[transfer.key] = time.monotonic() - began
                 self.ended[transfer.key].set()
 
         gevent.joinall([gevent.spawn(channel) for _ in range(min(CHANNELS, len(todo)))])
-        self.seconds = time.monotonic() - began
 
     def outcome(self, key: str) -> str | None:
         """Waits for `key`'s file alone (not the whole push): None when it is in place, else

@@ -76,7 +76,8 @@ def finish(
             return False
     total = sum(w.size for w in wheels)
     waited = time.monotonic() - began
-    how = f", {early.seconds:.1f} s in the background" if early and early.seconds else ""
+    behind = [early.seconds[w.name] for w in wheels if early and w.name in early.seconds]
+    how = f", {max(behind):.1f} s in the background" if behind else ""
     logger.info(
         f"{host.print_prefix}wheel push: {len(wheels)} file(s), {total / 1e6:,.1f} MB, "
         f"hashes checked{how}; {waited:.1f} s here"
