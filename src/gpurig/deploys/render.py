@@ -50,10 +50,6 @@ def _owner(step: File) -> str:
     return f"{step.owner}:{step.group}"
 
 
-def _big(src: str) -> bool:
-    return Path(src).stat().st_size >= early.MIN_BYTES
-
-
 def early_transfers(steps: list[Step], known: HostInPlace) -> list[early.Transfer]:
     """What preflight pushes in the background (gpurig.operations.early): the wheels the host
     lacks, and the big controller files of the steps not in place."""
@@ -64,8 +60,10 @@ def early_transfers(steps: list[Step], known: HostInPlace) -> list[early.Transfe
         if isinstance(step, Wheels):
             lacking = wheels.missing(step.wheels, known.wheels)
             out += [wheels.transfer(w, step.directory) for w in lacking]
-        elif isinstance(step, File) and step.src and _big(step.src):
-            out.append(files.transfer(step.src, step.path, step.mode, _owner(step), step.sha256))
+        elif isinstance(step, File) and step.src:
+            sent = files.transfer(step.src, step.path, step.mode, _owner(step), step.sha256)
+            if sent.size >= early.MIN_BYTES:
+                out.append(sent)
     return out
 
 

@@ -39,7 +39,7 @@ class Transfer:
     stdin and prints the sha256 of what it wrote)."""
 
     key: str  # what its step asks for: a wheel's name, a file's destination
-    src: str
+    src: str | bytes  # a controller file's path, or the bytes
     size: int
     sha256: str
     script: str
@@ -61,7 +61,7 @@ class Push:
     done: dict[str, str | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # each file's, from the start
     greenlet: Any = None
-    ended: dict[str, Event] = field(default_factory=dict)
+    ended: dict[str, Event] = field(init=False)  # one per file, set as it ends
 
     def __post_init__(self) -> None:
         self.ended = {t.key: Event() for t in self.transfers}

@@ -29,8 +29,8 @@ from pyinfra.facts.files import Directory
 
 from gpurig.digests import file_digest
 from gpurig.facts.system import FileState
-from gpurig.operations.early import Push, Transfer
-from gpurig.operations.stream import stream, transport_of, what_host_read
+from gpurig.operations.early import Push, Transfer, send
+from gpurig.operations.stream import transport_of
 from gpurig.plan.hashing import tee_hashed
 
 
@@ -49,9 +49,10 @@ def receive(dest: str, mode: str, owner: str, sha256: str) -> str:
     )
 
 
-def transfer(src: str, dest: str, mode: str, owner: str, sha256: str) -> Transfer:
-    """A controller file for preflight's background push (gpurig.operations.early)."""
-    size = Path(src).stat().st_size
+def transfer(src: str | bytes, dest: str, mode: str, owner: str, sha256: str) -> Transfer:
+    """`src` (a controller file's path, or the bytes) streamed into `receive`: by preflight's
+    background push (gpurig.operations.early), or by `put`."""
+    size = len(src) if isinstance(src, bytes) else Path(src).stat().st_size
     return Transfer(dest, src, size, sha256, receive(dest, mode, owner, sha256))
 
 
@@ -76,11 +77,10 @@ def put(
     transport = transport_of(host)
     assert transport is not None  # the operation chose this path for an SSH connection
     data = src if isinstance(src, bytes) else str(src)
-    status, out, err = stream(transport, data, receive(dest, mode, owner, sha256))
-    if status == 0 and out == sha256:
-        return True
-    logger.error(f"{host.print_prefix}{dest}: {what_host_read(status, out, err)}")
-    return False
+    problem = send(transport, transfer(data, dest, mode, owner, sha256))
+    if problem is not None:
+        logger.error(f"{host.print_prefix}{dest}: {problem}")
+    return problem is None
 
 
 @operation()
