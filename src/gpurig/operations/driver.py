@@ -22,7 +22,7 @@ from gpurig.model.host import GpuState
 from gpurig.operations.diagnosed import DiagnosedCommand, diagnoses_now, note, stop
 from gpurig.operations.reboot import reboot
 from gpurig.plan.driver import Driver, DriverPlan, logged, sha256, unit_command
-from gpurig.plan.system import apt_get, apt_update
+from gpurig.plan.driver_scripts import install_found
 from gpurig.plan.system import apt_install as apt_install_command
 from gpurig.preflight import Verdict
 
@@ -94,13 +94,7 @@ def kernel_headers(
     if not missing:
         host.noop(f"headers for {state.kernel} are installed")
         return
-    apt = apt_get()
-    quoted = " ".join(shlex.quote(p) for p in missing)
-    command = (
-        f"{apt_update()} && for p in {quoted}; do "
-        f'if apt-cache show "$p" >/dev/null 2>&1; then {apt} install -y --no-install-recommends '
-        f'"$p" || exit 1; else echo "gpurig: no $p in the archives"; fi; done'
-    )
+    command = install_found(" ".join(shlex.quote(p) for p in missing))
     yield DiagnosedCommand(logged(command, "nvidia-headers"), context, verdict)
 
 

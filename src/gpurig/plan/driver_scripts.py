@@ -48,16 +48,22 @@ def install(packages: list[str], log: str) -> str:
     )
 
 
+def install_found(names: str) -> str:
+    """After a refresh, each of `names` (shell words) the archives have, installed; one they
+    lack is said and skipped (the module build then fails with the named diagnosis)."""
+    apt = apt_get()
+    return (
+        f'{apt_update()} && for p in {names}; do if apt-cache show "$p" >/dev/null 2>&1; then '
+        f'{apt} install -y --no-install-recommends -- "$p" || exit 1; '
+        'else echo "gpurig: no $p in the archives"; fi; done'
+    )
+
+
 def headers(driver: Driver) -> str:
     """The running kernel's headers and the flavour's metas; a header package the archives lack
     does not stop this step (the module build then fails with the named diagnosis)."""
     running, *metas = driver.plan.headers
-    apt = apt_get()
-    command = (
-        f'{apt_update()} && for p in $missing; do if apt-cache show "$p" >/dev/null 2>&1; then '
-        f'{apt} install -y --no-install-recommends -- "$p" || exit 1; '
-        'else echo "gpurig: no $p in the archives"; fi; done'
-    )
+    command = install_found("$missing")
     return (
         f"{_missing(metas)}\n"
         f'[ -e "/lib/modules/$(uname -r)/build" ] || missing="{running} $missing"\n'
